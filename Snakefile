@@ -1,0 +1,37 @@
+# CLIP-style models benchmarked on text-to-image retrieval.
+#   snakemake --cores 4 --resources gpu=1                             (config.yaml)
+#   snakemake --cores 2 --configfile tests/demo/config.yaml           (offline demo)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# A --configfile on the command line replaces config.yaml instead of merging into it, so the
+# demo config does not inherit the default datasets and models.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/encode.smk"
+include: "rules/similarity.smk"
+include: "rules/hits.smk"
+include: "rules/histogram.smk"
+include: "rules/queries.smk"
+include: "rules/report.smk"
+
+
+if "demo" in config:
+
+    include: "rules/demo.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

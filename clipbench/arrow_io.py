@@ -1,0 +1,79 @@
+"""Arrow IPC artifacts: atomic writes, JSON metadata that round-trips, embedding columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> dict[bytes, bytes]:
+    # Every value is JSON so that numbers, lists and nested specs come back as they went in.
+    return {
+        str(k).encode(): json.dumps(v, sort_keys=True, ensure_ascii=False).encode()
+        for k, v in metadata.items()
+    }
+
+
+def decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        try:
+            out[k.decode()] = json.loads(v)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            out[k.decode()] = v.decode(errors="replace")
+    return out
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | None = None) -> None:
+    """Write ``table`` as an Arrow IPC file, atomically: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), **encode_metadata(metadata)}
+        )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    with pa.memory_map(str(path), "r") as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    with pa.memory_map(str(path), "r") as source:
+        return decode_metadata(pa.ipc.open_file(source).schema.metadata)
+
+
+def table_metadata(table: pa.Table) -> dict[str, Any]:
+    return decode_metadata(table.schema.metadata)
+
+
+def embedding_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """Rows of a 2-D float matrix as ``fixed_size_list<float32, d>``."""
+    m = np.ascontiguousarray(matrix, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {m.shape}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1)), m.shape[1])
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Inverse of :func:`embedding_array`: an (n, d) float32 matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    d = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).astype(np.float32)

@@ -1,0 +1,206 @@
+"""Image–text encoders behind one interface, loaded from the hub or from local files through
+the same library loaders (open_clip, transformers, torchvision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from clipbench.errors import InputError
+
+OFFLINE_HINT = (
+    "Offline? Set HF_HUB_OFFLINE=1 with a populated Hugging Face cache, or point the model "
+    "to local files (`checkpoint`, `model_config`, `text_model_dir`, `image_checkpoint`)"
+)
+
+
+class Encoder:
+    """Maps PIL images and caption strings into one embedding space (unnormalised)."""
+
+    kind: str
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def modules(self) -> list[torch.nn.Module]:
+        raise NotImplementedError
+
+    def to(self, device: torch.device) -> Encoder:
+        for module in self.modules():
+            module.to(device).eval()
+        self.device = device
+        return self
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from safetensors or a plain tensor pickle; never arbitrary code."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+class OpenClipEncoder(Encoder):
+    kind = "open_clip"
+
+    def __init__(self, spec: dict[str, Any]):
+        import open_clip
+
+        arch = spec["arch"]
+        if spec.get("model_config"):
+            config_path = Path(spec["model_config"])
+            if not config_path.is_file():
+                raise InputError(f"model_config {config_path} does not exist")
+            if config_path.stem != arch:
+                raise InputError(
+                    f"model_config {config_path} registers architecture {config_path.stem!r}, "
+                    f"but the model asks for arch {arch!r}; name the file <arch>.json"
+                )
+            open_clip.add_model_config(config_path)
+        pretrained = spec.get("checkpoint") or spec.get("pretrained")
+        if spec.get("checkpoint") and not Path(spec["checkpoint"]).is_file():
+            raise InputError(f"checkpoint {spec['checkpoint']} does not exist")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, require_pretrained=bool(pretrained)
+            )
+        except RuntimeError as exc:
+            text = str(exc)
+            if spec.get("checkpoint") and ("size mismatch" in text or "state_dict" in text):
+                raise InputError(
+                    f"checkpoint {spec['checkpoint']} does not match architecture {arch!r}: "
+                    f"{text.splitlines()[0]}"
+                ) from exc
+            if "not found in built-ins" in text:
+                raise InputError(
+                    f"unknown open_clip architecture {arch!r}; see open_clip.list_models(), "
+                    "or give a JSON `model_config`"
+                ) from exc
+            raise InputError(f"cannot load open_clip {arch!r}/{pretrained}: {text}. "
+                             f"{OFFLINE_HINT}") from exc
+        self.model = model
+        self._preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(arch)
+
+    def modules(self):
+        return [self.model]
+
+    def preprocess(self, image):
+        return self._preprocess(image)
+
+    def encode_images(self, pixels):
+        return self.model.encode_image(pixels)
+
+    def encode_texts(self, texts):
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+
+def last_linear(module: torch.nn.Module) -> torch.nn.Linear:
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise InputError(f"{type(module).__name__} has no final linear layer")
+    return linears[-1]
+
+
+def seeded_projection(in_dim: int, out_dim: int, seed: int) -> torch.nn.Linear:
+    """The seed study's untrained text→image projection, reproducible from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.nn.Linear(in_dim, out_dim)
+
+
+class BertResnetEncoder(Encoder):
+    """The seed's baseline: BERT mean-pooled text → fixed random Linear → classifier logits."""
+
+    kind = "bert_resnet"
+
+    def __init__(self, spec: dict[str, Any]):
+        import torchvision
+        from torchvision.transforms._presets import ImageClassification
+        from transformers import AutoModel, AutoTokenizer
+
+        local_dir = spec.get("text_model_dir")
+        source = local_dir or spec["text_model"]
+        if local_dir and not Path(local_dir).is_dir():
+            raise InputError(f"text_model_dir {local_dir} does not exist")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=spec.get("text_revision"), local_files_only=bool(local_dir)
+            )
+            self.text_model = AutoModel.from_pretrained(
+                source, revision=spec.get("text_revision"), local_files_only=bool(local_dir)
+            )
+        except OSError as exc:
+            raise InputError(f"cannot load text model {source}: {exc}. {OFFLINE_HINT}") from exc
+        self.max_length = spec["max_length"]
+
+        arch = spec["image_arch"]
+        try:
+            if spec.get("image_checkpoint"):
+                self.image_model = torchvision.models.get_model(arch, weights=None)
+                try:
+                    self.image_model.load_state_dict(load_state_dict(spec["image_checkpoint"]))
+                except RuntimeError as exc:
+                    raise InputError(
+                        f"image_checkpoint {spec['image_checkpoint']} does not match "
+                        f"torchvision {arch!r}: {str(exc).splitlines()[0]}"
+                    ) from exc
+                self.transform = ImageClassification(crop_size=spec["image_size"])
+            else:
+                weights = torchvision.models.get_model_weights(arch)[spec["image_weights"]]
+                self.image_model = torchvision.models.get_model(arch, weights=weights)
+                self.transform = weights.transforms()
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"unknown torchvision model/weights {arch}/"
+                             f"{spec.get('image_weights')}: {exc}") from exc
+        except (OSError, RuntimeError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"cannot fetch torchvision {arch} weights: {exc}") from exc
+
+        text_dim = self.text_model.config.hidden_size
+        image_dim = last_linear(self.image_model).out_features
+        self.projection = seeded_projection(text_dim, image_dim, spec["projection_seed"])
+
+    def modules(self):
+        return [self.text_model, self.image_model, self.projection]
+
+    def preprocess(self, image):
+        return self.transform(image)
+
+    def encode_images(self, pixels):
+        return self.image_model(pixels)
+
+    def encode_texts(self, texts):
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.text_model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        # Mean over real tokens only: padding must not dilute short captions.
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.projection(pooled)
+
+
+ENCODERS = {cls.kind: cls for cls in (OpenClipEncoder, BertResnetEncoder)}
+
+
+def load_encoder(spec: dict[str, Any], device: torch.device) -> Encoder:
+    kind = spec.get("kind")
+    if kind not in ENCODERS:
+        raise InputError(f"unknown model kind {kind!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[kind](spec).to(device)

@@ -1,0 +1,64 @@
+"""Decoding dataset image bytes into RGB PIL images, whatever mode they were stored in."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clipbench.errors import InputError
+
+# Transparent pixels are composited onto white: line-art datasets (Pokémon, Naruto) draw on
+# white, and dropping alpha would expose arbitrary colours under transparent areas.
+BACKGROUND = (255, 255, 255)
+
+
+def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
+    # PIL's convert("RGB") clips 16-bit/int/float pixels at 255; rescale the full range instead.
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        scale = 65535.0
+    elif image.mode == "F":
+        scale = 1.0 if arr.size == 0 or float(arr.max()) <= 1.0 else float(arr.max())
+    else:  # "I" (32-bit signed): use the observed maximum
+        scale = max(float(arr.max()), 1.0) if arr.size else 1.0
+    return Image.fromarray(np.clip(np.rint(arr / scale * 255.0), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (1, L, LA, P, RGBA, CMYK, I;16, I, F, YCbCr, …) to RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return _high_bit_depth_to_l(image).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "L" and "transparency" in image.info:
+        image = image.convert("LA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, row_id: int | str) -> Image.Image:
+    """Decode encoded image bytes to RGB; errors name the dataset row they came from."""
+    if not data:
+        raise InputError(f"row {row_id}: the image is empty (no bytes stored)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"row {row_id}: image exceeds PIL's decompression-bomb pixel limit ({exc}); "
+            "remove the row or downscale the image"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(
+            f"row {row_id}: image bytes cannot be decoded ({type(exc).__name__}: {exc}); "
+            "fix or remove this row in the source dataset"
+        ) from exc

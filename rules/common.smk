@@ -1,0 +1,53 @@
+import os
+import re
+
+
+# The scripts import the clipbench package that sits beside this Snakefile; jobs on a
+# cluster re-read the Snakefile, so they get the same path.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+)
+
+DATASETS = list(config["datasets"])
+MODELS = list(config["models"])
+# Local files a model spec may name; they become inputs so edits and demo rules chain in.
+MODEL_FILE_KEYS = ("checkpoint", "model_config", "text_model_dir", "image_checkpoint")
+DATASET_FILE_KEYS = ("parquet", "hf_folder")
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, DATASETS)),
+    model="|".join(map(re.escape, MODELS)),
+
+
+def dataset_files(wildcards):
+    source = config["datasets"][wildcards.dataset]["source"]
+    return [source[key] for key in DATASET_FILE_KEYS if key in source]
+
+
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+def model_files(wildcards):
+    spec = model_spec(wildcards)
+    files = [spec[key] for key in MODEL_FILE_KEYS if key in spec]
+    if spec.get("arch", "").startswith("local-dir:"):
+        files.append(spec["arch"].removeprefix("local-dir:"))
+    return files
+
+
+def per_model(pattern):
+    """Input function: ``pattern`` expanded over every configured model, in config order."""
+    return lambda wildcards: expand(pattern, dataset=wildcards.dataset, model=MODELS)
+
+
+def all_targets():
+    return expand(
+        [
+            "results/{dataset}/report.html",
+            "results/{dataset}/similarity/{model}.arrow",
+        ],
+        dataset=DATASETS,
+        model=MODELS,
+    )

@@ -1,0 +1,65 @@
+# Inputs of the offline demo (tests/demo/config.yaml): a generated dataset in the hub's
+# parquet layout and tiny random checkpoints, loaded later exactly like real weights.
+
+
+rule demo_dataset:
+    output:
+        "results/demo/inputs/demo.parquet",
+    params:
+        rows=config["demo"]["rows"],
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/inputs/dataset.log",
+    benchmark:
+        "benchmarks/demo/inputs/dataset.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    script:
+        "../scripts/demo_dataset.py"
+
+
+rule demo_open_clip:
+    input:
+        "tests/demo/open_clip/{arch}.json",
+    output:
+        "results/demo/inputs/open_clip/{arch}.safetensors",
+    params:
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/inputs/open_clip/{arch}.log",
+    benchmark:
+        "benchmarks/demo/inputs/open_clip/{arch}.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    script:
+        "../scripts/demo_checkpoint.py"
+
+
+rule demo_torchvision:
+    output:
+        "results/demo/inputs/torchvision/{arch}.safetensors",
+    params:
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/inputs/torchvision/{arch}.log",
+    benchmark:
+        "benchmarks/demo/inputs/torchvision/{arch}.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    script:
+        "../scripts/demo_checkpoint.py"
+
+
+rule demo_bert:
+    output:
+        directory("results/demo/inputs/bert"),
+    params:
+        seed=config["demo"]["seed"],
+    log:
+        "logs/demo/inputs/bert.log",
+    benchmark:
+        "benchmarks/demo/inputs/bert.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    script:
+        "../scripts/demo_checkpoint.py"

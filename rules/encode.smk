@@ -1,0 +1,23 @@
+rule encode:
+    input:
+        dataset="results/{dataset}/dataset.arrow",
+        local_files=model_files,
+    output:
+        images="results/{dataset}/embeddings/{model}/images.arrow",
+        texts="results/{dataset}/embeddings/{model}/texts.arrow",
+        queries="results/{dataset}/embeddings/{model}/queries.arrow",
+    params:
+        spec=model_spec,
+        settings=config["encode"],
+        queries=config["queries"]["texts"],
+    threads: config["encode"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        "logs/{dataset}/encode/{model}.log",
+    benchmark:
+        "benchmarks/{dataset}/encode/{model}.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    script:
+        "../scripts/encode.py"

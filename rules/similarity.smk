@@ -1,0 +1,14 @@
+rule similarity:
+    input:
+        images="results/{dataset}/embeddings/{model}/images.arrow",
+        texts="results/{dataset}/embeddings/{model}/texts.arrow",
+    output:
+        "results/{dataset}/similarity/{model}.arrow",
+    log:
+        "logs/{dataset}/similarity/{model}.log",
+    benchmark:
+        "benchmarks/{dataset}/similarity/{model}.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    script:
+        "../scripts/similarity.py"

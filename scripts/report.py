@@ -1,0 +1,17 @@
+from clipbench.logs import job_log
+from clipbench.report import build_report
+
+with job_log(snakemake.log[0]):
+    build_report(
+        dataset_name=snakemake.wildcards.dataset,
+        dataset_path=snakemake.input.dataset,
+        models=list(snakemake.params.models),
+        metrics_paths=list(snakemake.input.metrics),
+        hist_paths=list(snakemake.input.histograms),
+        kde_paths=list(snakemake.input.kdes),
+        query_paths=list(snakemake.input.queries),
+        embedding_paths=list(snakemake.input.embeddings),
+        out_html=snakemake.output.html,
+        figures=list(snakemake.output.figures),
+        thumb_px=snakemake.params.thumbnail_px,
+    )

@@ -1,0 +1,5 @@
+from clipbench.logs import job_log
+from clipbench.stages import similarity
+
+with job_log(snakemake.log[0]):
+    similarity(snakemake.input.images, snakemake.input.texts, snakemake.output[0])
