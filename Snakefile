@@ -32,6 +32,6 @@ if "demo" in config:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

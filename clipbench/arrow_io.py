@@ -31,6 +31,12 @@ def decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict[str, Any]:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | None = None) -> None:
     """Write ``table`` as an Arrow IPC file, atomically: readers never see a half-written file."""
     path = Path(path)
@@ -43,6 +49,7 @@ def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | No
     try:
         with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,9 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipbench.errors import InputError
 
-CANONICAL_SCHEMA = pa.schema(
-    [("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())]
-)
+CANONICAL_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -80,8 +78,11 @@ def read_source(source: dict[str, Any], split: str | None) -> tuple[pa.Table, di
     if "hub" in source:
         hub = source["hub"]
         path = download_hub_file(hub["repo_id"], hub["file"], hub["revision"])
-        info = {"source": f"hf://datasets/{hub['repo_id']}/{hub['file']}",
-                "revision": hub["revision"], "path": str(path)}
+        info = {
+            "source": f"hf://datasets/{hub['repo_id']}/{hub['file']}",
+            "revision": hub["revision"],
+            "path": str(path),
+        }
     elif "parquet" in source:
         path = Path(source["parquet"])
         info = {"source": str(path), "revision": None, "path": str(path)}
@@ -90,7 +91,11 @@ def read_source(source: dict[str, Any], split: str | None) -> tuple[pa.Table, di
         if not folder.is_dir():
             raise InputError(f"dataset folder {folder} does not exist")
         return read_hf_folder(folder, split), {
-            "source": str(folder), "revision": None, "path": str(folder), "sha256": None}
+            "source": str(folder),
+            "revision": None,
+            "path": str(folder),
+            "sha256": None,
+        }
     else:
         raise InputError(f"unknown dataset source {sorted(source)}; use hub, parquet or hf_folder")
     if not path.is_file():
@@ -100,8 +105,7 @@ def read_source(source: dict[str, Any], split: str | None) -> tuple[pa.Table, di
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(
-            f"{path} is not a readable parquet file ({exc}); it may be truncated: "
-            "download it again"
+            f"{path} is not a readable parquet file ({exc}); it may be truncated: download it again"
         ) from exc
     return table, info
 

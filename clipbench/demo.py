@@ -12,13 +12,28 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-COLORS = {"red": (220, 40, 40), "yellow": (240, 210, 40), "blue": (40, 90, 220),
-          "green": (40, 170, 70), "purple": (140, 60, 180), "orange": (245, 140, 30)}
+COLORS = {
+    "red": (220, 40, 40),
+    "yellow": (240, 210, 40),
+    "blue": (40, 90, 220),
+    "green": (40, 170, 70),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
 BACKGROUNDS = {"white": (255, 255, 255), "black": (15, 15, 15), "grey": (150, 150, 150)}
 SHAPES = ("circle", "square", "triangle", "star")
 # Every storage mode the decoder must handle, cycled over the rows: (PIL mode, format).
-STORAGE = (("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("L", "PNG"), ("LA", "PNG"),
-           ("CMYK", "JPEG"), ("I;16", "PNG"), ("RGB", "PNG"), ("1", "PNG"))
+STORAGE = (
+    ("RGB", "JPEG"),
+    ("RGBA", "PNG"),
+    ("P", "PNG"),
+    ("L", "PNG"),
+    ("LA", "PNG"),
+    ("CMYK", "JPEG"),
+    ("I;16", "PNG"),
+    ("RGB", "PNG"),
+    ("1", "PNG"),
+)
 CAPTION_WORDS = ("a", "an", "on", "background", *COLORS, *BACKGROUNDS, *SHAPES)
 
 
@@ -37,8 +52,10 @@ def draw_shape(shape: str, color, background, size: tuple[int, int]) -> Image.Im
         cx, cy, r = w / 2, h / 2, min(w, h) * 0.4
         angles = np.linspace(-np.pi / 2, 3 * np.pi / 2, 11)[:-1]
         radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-        draw.polygon([(cx + q * np.cos(a), cy + q * np.sin(a)) for a, q in
-                      zip(angles, radii, strict=True)], fill=color)
+        draw.polygon(
+            [(cx + q * np.cos(a), cy + q * np.sin(a)) for a, q in zip(angles, radii, strict=True)],
+            fill=color,
+        )
     return image
 
 
@@ -127,9 +144,14 @@ def write_bert(out_dir: str, seed: int, hidden: int = 32, layers: int = 2) -> No
     if tokenizer.vocab_size != len(vocab):
         raise RuntimeError(f"tokenizer kept {tokenizer.vocab_size} of {len(vocab)} tokens")
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=hidden * 2,
-                        max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "demo.json").write_text(json.dumps({"seed": seed, "random_weights": True}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
@@ -13,12 +14,13 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from clipbench.arrow_io import embedding_array
-from clipbench.encoders import Encoder
+from clipbench.arrow_io import embedding_array, read_metadata, read_table, write_table
+from clipbench.encoders import Encoder, load_encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger("clipbench")
 LIBRARIES = ("torch", "torchvision", "open_clip_torch", "transformers", "pillow", "numpy")
 
 
@@ -66,8 +68,14 @@ def _run_batches(
     with (
         torch.inference_mode(),
         precision_context(device, precision),
-        tqdm(total=len(items), desc=desc, unit="item", file=progress, disable=progress is None,
-             mininterval=2.0) as bar,
+        tqdm(
+            total=len(items),
+            desc=desc,
+            unit="item",
+            file=progress,
+            disable=progress is None,
+            mininterval=2.0,
+        ) as bar,
     ):
         for chunk in batches(items, batch_size):
             features = fn(chunk).float()
@@ -91,8 +99,9 @@ def encode_images(
         pixels = torch.stack([encoder.preprocess(decode_image(b, i)) for b, i in chunk])
         return encoder.encode_images(pixels.to(device))
 
-    return _run_batches(run, list(zip(blobs, ids, strict=True)), batch_size, device, precision,
-                        "images", progress)
+    return _run_batches(
+        run, list(zip(blobs, ids, strict=True)), batch_size, device, precision, "images", progress
+    )
 
 
 def encode_texts(
@@ -103,10 +112,65 @@ def encode_texts(
     progress: IO[str] | None = None,
 ) -> np.ndarray:
     """L2-normalised caption embeddings, one row per text, in input order."""
-    return _run_batches(lambda chunk: encoder.encode_texts(list(chunk)), list(texts), batch_size,
-                        encoder.device, precision, "texts", progress)
+    return _run_batches(
+        lambda chunk: encoder.encode_texts(list(chunk)),
+        list(texts),
+        batch_size,
+        encoder.device,
+        precision,
+        "texts",
+        progress,
+    )
 
 
 def embedding_table(ids: Sequence[int], matrix: np.ndarray, **columns: Any) -> pa.Table:
-    return pa.table({"id": pa.array(ids, pa.int64()), **columns,
-                     "embedding": embedding_array(matrix)})
+    return pa.table(
+        {"id": pa.array(ids, pa.int64()), **columns, "embedding": embedding_array(matrix)}
+    )
+
+
+def run_encode(
+    dataset_path: str,
+    model_name: str,
+    spec: dict[str, Any],
+    settings: dict[str, Any],
+    queries: Sequence[str],
+    out_images: str,
+    out_texts: str,
+    out_queries: str,
+    threads: int,
+    progress: IO[str] | None = None,
+) -> None:
+    """Encode both towers (and the configured free-text queries) with one loaded model."""
+    torch.set_num_threads(threads)
+    device = resolve_device(settings["device"])
+    precision, batch_size = settings["precision"], settings["batch_size"]
+    precision_context(device, precision)  # fail fast on an impossible combination
+    data = read_table(dataset_path)
+    log.info("loading %s on %s (%s)", model_name, device, precision)
+    encoder = load_encoder(spec, device)
+    ids = data["id"].to_pylist()
+    images = encode_images(encoder, data["image"].to_pylist(), ids, batch_size, precision, progress)
+    texts = encode_texts(encoder, data["text"].to_pylist(), batch_size, precision, progress)
+    query_emb = encode_texts(encoder, list(queries), batch_size, precision, progress)
+    metadata = {
+        "model": model_name,
+        "spec": spec,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": precision,
+        "batch_size": batch_size,
+        "dim": int(images.shape[1]),
+        "dataset": read_metadata(dataset_path).get("dataset"),
+        "libraries": library_versions(),
+    }
+    write_table(embedding_table(ids, images), out_images, metadata)
+    # One caption per image here: a caption's own image carries the caption's row id.
+    write_table(
+        embedding_table(ids, texts, image_id=pa.array(ids, pa.int64())), out_texts, metadata
+    )
+    write_table(
+        embedding_table(range(len(queries)), query_emb, query=pa.array(queries, pa.string())),
+        out_queries,
+        metadata,
+    )

@@ -90,8 +90,9 @@ class OpenClipEncoder(Encoder):
                     f"unknown open_clip architecture {arch!r}; see open_clip.list_models(), "
                     "or give a JSON `model_config`"
                 ) from exc
-            raise InputError(f"cannot load open_clip {arch!r}/{pretrained}: {text}. "
-                             f"{OFFLINE_HINT}") from exc
+            raise InputError(
+                f"cannot load open_clip {arch!r}/{pretrained}: {text}. {OFFLINE_HINT}"
+            ) from exc
         self.model = model
         self._preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
@@ -165,8 +166,9 @@ class BertResnetEncoder(Encoder):
                 self.image_model = torchvision.models.get_model(arch, weights=weights)
                 self.transform = weights.transforms()
         except (ValueError, KeyError) as exc:
-            raise InputError(f"unknown torchvision model/weights {arch}/"
-                             f"{spec.get('image_weights')}: {exc}") from exc
+            raise InputError(
+                f"unknown torchvision model/weights {arch}/{spec.get('image_weights')}: {exc}"
+            ) from exc
         except (OSError, RuntimeError) as exc:
             if isinstance(exc, InputError):
                 raise

@@ -36,8 +36,10 @@ METRIC_COLUMNS = {
 
 def _stack(paths: Sequence[str], models: Sequence[str]) -> pl.DataFrame:
     return pl.concat(
-        [pl.from_arrow(read_table(p)).with_columns(model=pl.lit(m)) for p, m in
-         zip(paths, models, strict=True)],
+        [
+            pl.from_arrow(read_table(p)).with_columns(model=pl.lit(m))
+            for p, m in zip(paths, models, strict=True)
+        ],
         how="diagonal_relaxed",
     )
 
@@ -46,24 +48,42 @@ def model_colors(models: Sequence[str]) -> alt.Scale:
     return alt.Scale(domain=list(models), scheme="tableau10")
 
 
-def similarity_histogram_chart(hist: pl.DataFrame, kde: pl.DataFrame,
-                               models: Sequence[str]) -> alt.LayerChart:
+def similarity_histogram_chart(
+    hist: pl.DataFrame, kde: pl.DataFrame, models: Sequence[str]
+) -> alt.LayerChart:
     """The seed's first figure: matched-pair similarity histogram + density curve, overlaid."""
     occupied = hist.filter(pl.col("count") > 0)
     lo, hi = occupied["bin_start"].min(), occupied["bin_end"].max()
     pad = (hi - lo) * 0.05
     domain = [lo - pad, hi + pad]
     color = alt.Color("model:N", scale=model_colors(models), title="model")
-    x = alt.X("bin_start:Q", scale=alt.Scale(domain=domain, clamp=True),
-              title="cosine similarity of a caption and its own image")
-    bars = alt.Chart(hist.filter(pl.col("bin_end") >= domain[0], pl.col("bin_start") <= domain[1])
-                     .to_pandas()).mark_bar(opacity=0.35, binSpacing=0).encode(
-        x=x, x2="bin_end:Q", y=alt.Y("density:Q", stack=None, title="density"), color=color,
-        tooltip=["model:N", alt.Tooltip("bin_center:Q", format=".3f"), "count:Q",
-                 alt.Tooltip("density:Q", format=".2f")],
+    x = alt.X(
+        "bin_start:Q",
+        scale=alt.Scale(domain=domain, clamp=True),
+        title="cosine similarity of a caption and its own image",
     )
-    curves = alt.Chart(kde.filter(pl.col("similarity").is_between(*domain)).to_pandas()) \
-        .mark_line(strokeWidth=2).encode(x="similarity:Q", y="density:Q", color=color)
+    bars = (
+        alt.Chart(hist.filter(pl.col("bin_end") >= domain[0], pl.col("bin_start") <= domain[1]))
+        .mark_bar(opacity=0.35, binSpacing=0)
+        .encode(
+            x=x,
+            x2="bin_end:Q",
+            y=alt.Y("density:Q", stack=None, title="density"),
+            y2=alt.datum(0),
+            color=color,
+            tooltip=[
+                "model:N",
+                alt.Tooltip("bin_center:Q", format=".3f"),
+                "count:Q",
+                alt.Tooltip("density:Q", format=".2f"),
+            ],
+        )
+    )
+    curves = (
+        alt.Chart(kde.filter(pl.col("similarity").is_between(*domain)))
+        .mark_line(strokeWidth=2)
+        .encode(x="similarity:Q", y="density:Q", color=color)
+    )
     return (bars + curves).properties(
         width=640, height=320, title="Matched-pair similarity: histogram and density per model"
     )
@@ -72,15 +92,15 @@ def similarity_histogram_chart(hist: pl.DataFrame, kde: pl.DataFrame,
 def hits_chart(metrics: pl.DataFrame, models: Sequence[str]) -> alt.HConcatChart:
     """The seed's bar chart: hits@K ("score") and accuracy per model."""
     k, n = int(metrics["k"][0]), int(metrics["n"][0])
-    data = metrics.select("model", "hits_at_k", "accuracy").to_pandas()
+    data = metrics.select("model", "hits_at_k", "accuracy")
     y = alt.Y("model:N", sort=list(models), title=None)
 
     def bars(field: str, title: str, fmt: str, color: str) -> alt.LayerChart:
         base = alt.Chart(data).encode(y=y, x=alt.X(f"{field}:Q", title=title))
-        return (base.mark_bar(color=color)
-                + base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{field}:Q",
-                                                                         format=fmt))
-                ).properties(width=280, height=24 * len(models) + 20)
+        return (
+            base.mark_bar(color=color)
+            + base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{field}:Q", format=fmt))
+        ).properties(width=280, height=24 * len(models) + 20)
 
     return alt.hconcat(
         bars("hits_at_k", f"hits@{k} (of {n} captions)", "d", "#f58518"),
@@ -96,20 +116,23 @@ def thumbnail_uri(blob: bytes, row_id: int, size: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def galleries(queries: pl.DataFrame, dataset_path: str, models: Sequence[str],
-              thumb_px: int) -> list[dict[str, Any]]:
+def galleries(
+    queries: pl.DataFrame, dataset_path: str, models: Sequence[str], thumb_px: int
+) -> list[dict[str, Any]]:
     """Per query, per model: the top-K images with scores, as data-URI thumbnails."""
     wanted = set(queries["image_id"].to_list())
     data = pl.from_arrow(read_table(dataset_path)).filter(pl.col("id").is_in(list(wanted)))
-    thumbs = {i: thumbnail_uri(b, i, thumb_px) for i, b in zip(data["id"], data["image"],
-                                                                 strict=True)}
+    thumbs = {
+        i: thumbnail_uri(b, i, thumb_px) for i, b in zip(data["id"], data["image"], strict=True)
+    }
     out = []
     for (query,), rows in queries.sort("query_id", "rank").group_by("query", maintain_order=True):
         per_model = []
         for model in models:
             hits = rows.filter(pl.col("model") == model).to_dicts()
-            per_model.append({"model": model, "hits": [
-                {**h, "src": thumbs[h["image_id"]]} for h in hits]})
+            per_model.append(
+                {"model": model, "hits": [{**h, "src": thumbs[h["image_id"]]} for h in hits]}
+            )
         out.append({"query": query, "models": per_model})
     return out
 
@@ -118,8 +141,10 @@ def metrics_rows(metrics: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
     k = int(metrics["k"][0])
     columns = [c for c in METRIC_COLUMNS if c in metrics.columns]
     header = ["model"] + [METRIC_COLUMNS[c][0].replace("K", str(k)) for c in columns]
-    rows = [[row["model"]] + [METRIC_COLUMNS[c][1].format(row[c]) for c in columns]
-            for row in metrics.to_dicts()]
+    rows = [
+        [row["model"]] + [METRIC_COLUMNS[c][1].format(row[c]) for c in columns]
+        for row in metrics.to_dicts()
+    ]
     return header, rows
 
 
@@ -152,7 +177,8 @@ def build_report(
     metrics = _stack(metrics_paths, models)
     charts = {
         "similarity_histogram": similarity_histogram_chart(
-            _stack(hist_paths, models), _stack(kde_paths, models), models),
+            _stack(hist_paths, models), _stack(kde_paths, models), models
+        ),
         "hits_at_k": hits_chart(metrics, models),
     }
     for path in figures:  # figures/<chart name>.<png|svg>
@@ -160,10 +186,15 @@ def build_report(
         charts[name].save(path, format=fmt)
     header, rows = metrics_rows(metrics)
     dataset_meta = read_metadata(dataset_path)
-    model_meta = [{"name": m, **read_metadata(p)} for m, p in zip(models, embedding_paths,
-                                                                 strict=True)]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             trim_blocks=True, lstrip_blocks=True)
+    model_meta = [
+        {"name": m, **read_metadata(p)} for m, p in zip(models, embedding_paths, strict=True)
+    ]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     html = env.get_template("report.html.j2").render(
         dataset=dataset_name,
         dataset_meta=dataset_meta,

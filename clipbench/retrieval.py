@@ -79,8 +79,14 @@ def block_results(scores: np.ndarray, positive: np.ndarray, k: int, start: int =
     # Counting the own image itself makes this 1 + #(other images scoring >= own).
     rank = (scores >= own[:, None]).sum(axis=1).astype(np.int64)
     idx = topk(scores, k, positive)
-    return RetrievalBlock(start, scores, rank, own.astype(np.float32), idx,
-                          np.take_along_axis(scores, idx, axis=1).astype(np.float32))
+    return RetrievalBlock(
+        start,
+        scores,
+        rank,
+        own.astype(np.float32),
+        idx,
+        np.take_along_axis(scores, idx, axis=1).astype(np.float32),
+    )
 
 
 def ranks_from_scores(scores: np.ndarray, positive: Sequence[int]) -> np.ndarray:

@@ -1,20 +1,17 @@
-"""One function per workflow stage: read input artifacts, call the pure logic, write Arrow.
-
-Each takes plain paths and values so that it runs the same under Snakemake, from a test or
-from a notebook.
+"""The workflow's light stages (no torch): read input artifacts, call the pure logic, write
+Arrow. Each takes plain paths and values, so it runs the same under Snakemake, from a test or
+from a notebook. The encode stage lives in :mod:`clipbench.encode`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from clipbench import encode as enc
 from clipbench.arrow_io import (
     embedding_array,
     embedding_matrix,
@@ -23,7 +20,6 @@ from clipbench.arrow_io import (
     write_table,
 )
 from clipbench.dataset import load_dataset
-from clipbench.encoders import load_encoder
 from clipbench.histogram import histogram_table, kde_table
 from clipbench.retrieval import iter_retrieval, retrieval_metrics, topk
 
@@ -32,55 +28,14 @@ log = logging.getLogger("clipbench")
 
 def download(dataset_cfg: dict[str, Any], name: str, out_path: str) -> None:
     table, metadata = load_dataset(dataset_cfg)
-    log.info("dataset %s: %d rows from %s (sha256 %s)", name, table.num_rows,
-             metadata["source"], metadata["sha256"])
-    write_table(table, out_path, {"dataset": name, **metadata})
-
-
-def encode(
-    dataset_path: str,
-    model_name: str,
-    spec: dict[str, Any],
-    settings: dict[str, Any],
-    queries: Sequence[str],
-    out_images: str,
-    out_texts: str,
-    out_queries: str,
-    threads: int,
-    progress: IO[str] | None = None,
-) -> None:
-    """Encode both towers (and the configured free-text queries) with one loaded model."""
-    torch.set_num_threads(threads)
-    device = enc.resolve_device(settings["device"])
-    precision, batch_size = settings["precision"], settings["batch_size"]
-    enc.precision_context(device, precision)  # fail fast on an impossible combination
-    data = read_table(dataset_path)
-    log.info("loading %s on %s (%s)", model_name, device, precision)
-    encoder = load_encoder(spec, device)
-    ids = data["id"].to_pylist()
-    images = enc.encode_images(encoder, data["image"].to_pylist(), ids, batch_size, precision,
-                               progress)
-    texts = enc.encode_texts(encoder, data["text"].to_pylist(), batch_size, precision, progress)
-    query_emb = enc.encode_texts(encoder, list(queries), batch_size, precision, progress)
-    metadata = {
-        "model": model_name,
-        "spec": spec,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": precision,
-        "batch_size": batch_size,
-        "dim": int(images.shape[1]),
-        "dataset": read_metadata(dataset_path).get("dataset"),
-        "libraries": enc.library_versions(),
-    }
-    write_table(enc.embedding_table(ids, images), out_images, metadata)
-    # One caption per image here: a caption's own image carries the caption's row id.
-    write_table(enc.embedding_table(ids, texts, image_id=pa.array(ids, pa.int64())), out_texts,
-                metadata)
-    write_table(
-        enc.embedding_table(range(len(queries)), query_emb, query=pa.array(queries, pa.string())),
-        out_queries, metadata,
+    log.info(
+        "dataset %s: %d rows from %s (sha256 %s)",
+        name,
+        table.num_rows,
+        metadata["source"],
+        metadata["sha256"],
     )
+    write_table(table, out_path, {"dataset": name, **metadata})
 
 
 def load_pair(images_path: str, texts_path: str):
@@ -95,41 +50,68 @@ def similarity(images_path: str, texts_path: str, out_path: str) -> None:
     """The caption × image cosine matrix, one row per caption, columns in image-id order."""
     images, texts, image_ids, _, meta = load_pair(images_path, texts_path)
     scores = embedding_matrix(texts["embedding"]) @ embedding_matrix(images["embedding"]).T
-    table = pa.table({"text_id": texts["id"], "image_id": texts["image_id"],
-                      "scores": embedding_array(scores)})
-    write_table(table, out_path, {"model": meta["model"], "dataset": meta["dataset"],
-                                  "image_ids": image_ids.tolist()})
+    table = pa.table(
+        {"text_id": texts["id"], "image_id": texts["image_id"], "scores": embedding_array(scores)}
+    )
+    write_table(
+        table,
+        out_path,
+        {"model": meta["model"], "dataset": meta["dataset"], "image_ids": image_ids.tolist()},
+    )
 
 
-def hits(images_path: str, texts_path: str, k: int, recall_at: Sequence[int],
-         out_hits: str, out_metrics: str, block_rows: int = 1024) -> None:
+def hits(
+    images_path: str,
+    texts_path: str,
+    k: int,
+    recall_at: Sequence[int],
+    out_hits: str,
+    out_metrics: str,
+    block_rows: int = 1024,
+) -> None:
     """Per-caption rank and top-K of its own image, plus the one-row metrics summary."""
     images, texts, image_ids, positive, meta = load_pair(images_path, texts_path)
-    blocks = list(iter_retrieval(embedding_matrix(texts["embedding"]),
-                                 embedding_matrix(images["embedding"]), positive, k, block_rows))
+    blocks = list(
+        iter_retrieval(
+            embedding_matrix(texts["embedding"]),
+            embedding_matrix(images["embedding"]),
+            positive,
+            k,
+            block_rows,
+        )
+    )
     rank = np.concatenate([b.rank for b in blocks])
     topk_index = np.concatenate([b.topk_index for b in blocks])
-    table = pa.table({
-        "text_id": texts["id"],
-        "image_id": texts["image_id"],
-        "rank": pa.array(rank, pa.int64()),
-        "score": pa.array(np.concatenate([b.positive_score for b in blocks]), pa.float32()),
-        "hit": pa.array(rank <= k),
-        "topk_image_ids": pa.FixedSizeListArray.from_arrays(
-            pa.array(image_ids[topk_index].reshape(-1), pa.int64()), k),
-        "topk_scores": embedding_array(np.concatenate([b.topk_score for b in blocks])),
-    })
-    provenance = {"model": meta["model"], "dataset": meta["dataset"], "k": k,
-                  "tie_rule": "pessimistic: rank = 1 + #(other images with score >= own)"}
+    table = pa.table(
+        {
+            "text_id": texts["id"],
+            "image_id": texts["image_id"],
+            "rank": pa.array(rank, pa.int64()),
+            "score": pa.array(np.concatenate([b.positive_score for b in blocks]), pa.float32()),
+            "hit": pa.array(rank <= k),
+            "topk_image_ids": pa.FixedSizeListArray.from_arrays(
+                pa.array(image_ids[topk_index].reshape(-1), pa.int64()), k
+            ),
+            "topk_scores": embedding_array(np.concatenate([b.topk_score for b in blocks])),
+        }
+    )
+    provenance = {
+        "model": meta["model"],
+        "dataset": meta["dataset"],
+        "k": k,
+        "tie_rule": "pessimistic: rank = 1 + #(other images with score >= own)",
+    }
     write_table(table, out_hits, provenance)
     metrics = retrieval_metrics(rank, k, recall_at)
-    write_table(pa.table({"model": [meta["model"]], **{m: [v] for m, v in metrics.items()}}),
-                out_metrics, provenance)
+    write_table(
+        pa.table({"model": [meta["model"]], **{m: [v] for m, v in metrics.items()}}),
+        out_metrics,
+        provenance,
+    )
     log.info("%s: hits@%d = %d of %d", meta["model"], k, metrics["hits_at_k"], metrics["n"])
 
 
-def histogram(hits_path: str, bins: int, lo: float, hi: float, out_hist: str,
-              out_kde: str) -> None:
+def histogram(hits_path: str, bins: int, lo: float, hi: float, out_hist: str, out_kde: str) -> None:
     """Matched-pair (caption, own image) similarity distribution for one model."""
     table = read_table(hits_path)
     meta = read_metadata(hits_path)
@@ -139,23 +121,25 @@ def histogram(hits_path: str, bins: int, lo: float, hi: float, out_hist: str,
     write_table(kde_table(scores), out_kde, provenance)
 
 
-def queries(images_path: str, queries_path: str, dataset_path: str, k: int,
-            out_path: str) -> None:
+def queries(images_path: str, queries_path: str, dataset_path: str, k: int, out_path: str) -> None:
     """Top-K images for each free-text query, with the retrieved images' captions."""
     images, query_table = read_table(images_path), read_table(queries_path)
     scores = embedding_matrix(query_table["embedding"]) @ embedding_matrix(images["embedding"]).T
     idx = topk(scores, k)
     image_ids = images["id"].to_numpy()[idx]
-    captions = dict(zip(*(read_table(dataset_path).select(["id", "text"]).to_pydict().values()),
-                        strict=True))
+    captions = dict(
+        zip(*(read_table(dataset_path).select(["id", "text"]).to_pydict().values()), strict=True)
+    )
     n_queries = len(query_table)
-    table = pa.table({
-        "query_id": np.repeat(query_table["id"].to_numpy(), k),
-        "query": np.repeat(np.array(query_table["query"].to_pylist(), dtype=object), k),
-        "rank": np.tile(np.arange(1, k + 1), n_queries),
-        "image_id": image_ids.reshape(-1),
-        "score": np.take_along_axis(scores, idx, axis=1).reshape(-1).astype(np.float32),
-        "caption": [captions[int(i)] for i in image_ids.reshape(-1)],
-    })
+    table = pa.table(
+        {
+            "query_id": np.repeat(query_table["id"].to_numpy(), k),
+            "query": np.repeat(np.array(query_table["query"].to_pylist(), dtype=object), k),
+            "rank": np.tile(np.arange(1, k + 1), n_queries),
+            "image_id": image_ids.reshape(-1),
+            "score": np.take_along_axis(scores, idx, axis=1).reshape(-1).astype(np.float32),
+            "caption": [captions[int(i)] for i in image_ids.reshape(-1)],
+        }
+    )
     meta = read_metadata(queries_path)
     write_table(table, out_path, {"model": meta["model"], "dataset": meta["dataset"], "k": k})

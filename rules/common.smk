@@ -1,11 +1,13 @@
+import json
 import os
 import re
 
-
 # The scripts import the clipbench package that sits beside this Snakefile; jobs on a
 # cluster re-read the Snakefile, so they get the same path.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+    )
 )
 
 DATASETS = list(config["datasets"])
@@ -25,8 +27,17 @@ def dataset_files(wildcards):
     return [source[key] for key in DATASET_FILE_KEYS if key in source]
 
 
+def canonical(value):
+    """Params as sorted JSON: reordering keys in a config file must not trigger reruns."""
+    return json.dumps(value, sort_keys=True)
+
+
 def model_spec(wildcards):
     return config["models"][wildcards.model]
+
+
+def model_spec_param(wildcards):
+    return canonical(model_spec(wildcards))
 
 
 def model_files(wildcards):

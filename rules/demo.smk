@@ -5,15 +5,15 @@
 rule demo_dataset:
     output:
         "results/demo/inputs/demo.parquet",
-    params:
-        rows=config["demo"]["rows"],
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/inputs/dataset.log",
     benchmark:
         "benchmarks/demo/inputs/dataset.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        rows=config["demo"]["rows"],
+        seed=config["demo"]["seed"],
     script:
         "../scripts/demo_dataset.py"
 
@@ -23,14 +23,14 @@ rule demo_open_clip:
         "tests/demo/open_clip/{arch}.json",
     output:
         "results/demo/inputs/open_clip/{arch}.safetensors",
-    params:
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/inputs/open_clip/{arch}.log",
     benchmark:
         "benchmarks/demo/inputs/open_clip/{arch}.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        seed=config["demo"]["seed"],
     script:
         "../scripts/demo_checkpoint.py"
 
@@ -38,14 +38,14 @@ rule demo_open_clip:
 rule demo_torchvision:
     output:
         "results/demo/inputs/torchvision/{arch}.safetensors",
-    params:
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/inputs/torchvision/{arch}.log",
     benchmark:
         "benchmarks/demo/inputs/torchvision/{arch}.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        seed=config["demo"]["seed"],
     script:
         "../scripts/demo_checkpoint.py"
 
@@ -53,13 +53,13 @@ rule demo_torchvision:
 rule demo_bert:
     output:
         directory("results/demo/inputs/bert"),
-    params:
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/inputs/bert.log",
     benchmark:
         "benchmarks/demo/inputs/bert.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        seed=config["demo"]["seed"],
     script:
         "../scripts/demo_checkpoint.py"

@@ -3,13 +3,13 @@ rule download:
         dataset_files,
     output:
         "results/{dataset}/dataset.arrow",
-    params:
-        cfg=lambda wildcards: config["datasets"][wildcards.dataset],
     log:
         "logs/{dataset}/download.log",
     benchmark:
         "benchmarks/{dataset}/download.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        cfg=lambda wildcards: canonical(config["datasets"][wildcards.dataset]),
     script:
         "../scripts/download.py"

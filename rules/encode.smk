@@ -6,18 +6,18 @@ rule encode:
         images="results/{dataset}/embeddings/{model}/images.arrow",
         texts="results/{dataset}/embeddings/{model}/texts.arrow",
         queries="results/{dataset}/embeddings/{model}/queries.arrow",
-    params:
-        spec=model_spec,
-        settings=config["encode"],
-        queries=config["queries"]["texts"],
-    threads: config["encode"]["threads"]
-    resources:
-        gpu=1,
     log:
         "logs/{dataset}/encode/{model}.log",
     benchmark:
         "benchmarks/{dataset}/encode/{model}.tsv"
     conda:
         "../envs/clipbench.yaml"
+    threads: config["encode"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        spec=model_spec_param,
+        settings=canonical(config["encode"]),
+        queries=config["queries"]["texts"],
     script:
         "../scripts/encode.py"

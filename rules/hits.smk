@@ -5,14 +5,14 @@ rule hits:
     output:
         hits="results/{dataset}/hits/{model}.arrow",
         metrics="results/{dataset}/metrics/{model}.arrow",
-    params:
-        top_k=config["retrieval"]["top_k"],
-        recall_at=config["retrieval"]["recall_at"],
     log:
         "logs/{dataset}/hits/{model}.log",
     benchmark:
         "benchmarks/{dataset}/hits/{model}.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        top_k=config["retrieval"]["top_k"],
+        recall_at=config["retrieval"]["recall_at"],
     script:
         "../scripts/hits.py"

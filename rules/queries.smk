@@ -5,13 +5,13 @@ rule queries:
         dataset="results/{dataset}/dataset.arrow",
     output:
         "results/{dataset}/queries/{model}.arrow",
-    params:
-        top_k=config["queries"]["top_k"],
     log:
         "logs/{dataset}/queries/{model}.log",
     benchmark:
         "benchmarks/{dataset}/queries/{model}.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        top_k=config["queries"]["top_k"],
     script:
         "../scripts/queries.py"

@@ -16,14 +16,14 @@ rule report:
             figure=FIGURES,
             ext=["png", "svg"],
         ),
-    params:
-        models=MODELS,
-        thumbnail_px=config["report"]["thumbnail_px"],
     log:
         "logs/{dataset}/report.log",
     benchmark:
         "benchmarks/{dataset}/report.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        models=MODELS,
+        thumbnail_px=config["report"]["thumbnail_px"],
     script:
         "../scripts/report.py"

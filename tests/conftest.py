@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random checkpoints written and loaded with the real loaders."""
+
+from __future__ import annotations
+
+import io
+import os
+
+# Tests never touch the network: the hub libraries fail fast instead of trying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from clipbench import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_ARCHS = ROOT / "tests" / "demo" / "open_clip"
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Random tiny open_clip ViT/RN checkpoints, a tiny BERT and a resnet18, written once."""
+    out = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for arch in ("tiny-vit-16", "tiny-rn", "tiny-vit-32"):
+        paths[arch] = out / f"{arch}.safetensors"
+        demo.write_open_clip_checkpoint(str(DEMO_ARCHS / f"{arch}.json"), str(paths[arch]), 0)
+    paths["bert"] = out / "bert"
+    demo.write_bert(str(paths["bert"]), 0)
+    paths["resnet18"] = out / "resnet18.safetensors"
+    demo.write_torchvision_checkpoint("resnet18", str(paths["resnet18"]), 0)
+    return paths
+
+
+def open_clip_spec(checkpoints, arch: str = "tiny-vit-16") -> dict:
+    return {
+        "kind": "open_clip",
+        "arch": arch,
+        "model_config": str(DEMO_ARCHS / f"{arch}.json"),
+        "checkpoint": str(checkpoints[arch]),
+    }
+
+
+def bert_resnet_spec(checkpoints) -> dict:
+    return {
+        "kind": "bert_resnet",
+        "text_model": "bert-base-uncased",
+        "text_model_dir": str(checkpoints["bert"]),
+        "max_length": 64,
+        "image_arch": "resnet18",
+        "image_checkpoint": str(checkpoints["resnet18"]),
+        "image_size": 224,
+        "projection_seed": 0,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.set_num_threads(2)

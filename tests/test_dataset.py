@@ -1,0 +1,166 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from clipbench.dataset import canonical_table, file_sha256, load_dataset
+from clipbench.demo import demo_rows, write_demo_parquet
+from clipbench.errors import InputError
+from tests.conftest import png_bytes
+
+
+@pytest.fixture
+def hf_parquet(tmp_path):
+    path = tmp_path / "train.parquet"
+    write_demo_parquet(str(path), rows=12, seed=3)
+    return path
+
+
+def cfg(source, **extra):
+    return {"source": source, "image_column": "image", "text_column": "text", **extra}
+
+
+def test_hf_image_parquet_keeps_original_bytes(hf_parquet):
+    table, meta = load_dataset(cfg({"parquet": str(hf_parquet)}))
+    blobs, captions = demo_rows(12, 3)
+    assert table.schema.names == ["id", "image", "text"]
+    assert table.schema.field("image").type == pa.binary()
+    assert table["id"].to_pylist() == list(range(12))
+    assert table["image"].to_pylist() == blobs  # not re-encoded
+    assert table["text"].to_pylist() == captions
+    assert meta["num_rows"] == 12 and meta["sha256"] == file_sha256(hf_parquet)
+    assert meta["source"] == str(hf_parquet)
+
+
+def test_limit_takes_first_rows(hf_parquet):
+    table, meta = load_dataset(cfg({"parquet": str(hf_parquet)}, limit=5))
+    assert table.num_rows == 5 and meta["source_rows"] == 12
+
+
+def test_sha256_verified(hf_parquet):
+    good = file_sha256(hf_parquet)
+    load_dataset(cfg({"parquet": str(hf_parquet), "sha256": good.upper()}))
+    with pytest.raises(InputError, match=f"expected {'0' * 64}, got {good}"):
+        load_dataset(cfg({"parquet": str(hf_parquet), "sha256": "0" * 64}))
+
+
+def test_hf_dataset_folder(tmp_path, hf_parquet):
+    import datasets
+
+    ds = datasets.Dataset.from_parquet(str(hf_parquet))
+    datasets.DatasetDict({"train": ds, "test": ds.select([0, 1])}).save_to_disk(tmp_path / "f")
+    table, _ = load_dataset(cfg({"hf_folder": str(tmp_path / "f")}, split="test"))
+    assert table["image"].to_pylist() == demo_rows(12, 3)[0][:2]
+    with pytest.raises(InputError, match="split 'validation' not found"):
+        load_dataset(cfg({"hf_folder": str(tmp_path / "f")}, split="validation"))
+
+
+def test_plain_binary_and_path_only_images(tmp_path):
+    blob = png_bytes(Image.new("RGB", (4, 4)))
+    (tmp_path / "a.png").write_bytes(blob)
+    struct = pa.array(
+        [{"bytes": None, "path": "a.png"}],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    raw = pa.table({"image": struct, "caption": ["x"]})
+    table = canonical_table(raw, "image", "caption", base_dir=tmp_path)
+    assert table["image"].to_pylist() == [blob]
+    raw = pa.table({"img": pa.array([blob], pa.binary()), "caption": ["x"]})
+    assert canonical_table(raw, "img", "caption")["image"].to_pylist() == [blob]
+
+
+def raw_table(texts, blobs=None):
+    blobs = blobs or [png_bytes(Image.new("RGB", (4, 4)))] * len(texts)
+    return pa.table({"image": pa.array(blobs, pa.binary()), "text": pa.array(texts, pa.string())})
+
+
+def test_missing_column_lists_available():
+    with pytest.raises(InputError, match=r"text column 'caption' not found.*\['image', 'text'\]"):
+        canonical_table(raw_table(["a"]), "image", "caption")
+    with pytest.raises(InputError, match="image column 'pixels' not found"):
+        canonical_table(raw_table(["a"]), "pixels", "text")
+
+
+@pytest.mark.parametrize("bad", [None, "", "   "])
+def test_null_or_empty_caption_names_rows(bad):
+    with pytest.raises(InputError, match=r"row ids \[1\]"):
+        canonical_table(raw_table(["ok", bad, "fine"]), "image", "text")
+
+
+def test_zero_rows():
+    with pytest.raises(InputError, match="zero rows"):
+        canonical_table(raw_table([]), "image", "text")
+
+
+def test_garbage_image_names_row():
+    blobs = [png_bytes(Image.new("RGB", (4, 4))), b"garbage"]
+    with pytest.raises(InputError, match="row 1: image bytes are not a recognised image"):
+        canonical_table(raw_table(["a", "b"], blobs), "image", "text")
+
+
+def test_truncated_parquet(tmp_path, hf_parquet):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(hf_parquet.read_bytes()[:500])
+    with pytest.raises(InputError, match="not a readable parquet file"):
+        load_dataset(cfg({"parquet": str(broken)}))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_dataset(cfg({"parquet": str(tmp_path / "nope.parquet")}))
+
+
+def test_demo_parquet_has_hub_image_layout(hf_parquet):
+    schema = pq.read_schema(hf_parquet)
+    assert schema.field("image").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    assert b'"_type": "Image"' in schema.metadata[b"huggingface"]
+
+
+HUB_SCRIPT = """
+import json, sys
+from clipbench.dataset import load_dataset
+from clipbench.errors import InputError
+cfg = json.loads(sys.argv[1])
+try:
+    table, meta = load_dataset(cfg)
+    print(json.dumps({"rows": table.num_rows, "meta": meta}))
+except InputError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def run_hub(cfg_, cache):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, json.dumps(cfg_)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.getcwd(),
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_hub_source_reads_pinned_file_from_the_hf_cache(tmp_path, hf_parquet):
+    # The same hf_hub_download call as online, answered from a populated cache (offline mode).
+    revision = "3790f29981f74ca26bf11662048342e19c5b615e"
+    snapshot = tmp_path / "datasets--org--pokemon" / "snapshots" / revision / "data"
+    snapshot.mkdir(parents=True)
+    (snapshot / "train.parquet").write_bytes(hf_parquet.read_bytes())
+    hub = {"repo_id": "org/pokemon", "revision": revision, "file": "data/train.parquet"}
+    out = run_hub(cfg({"hub": hub, "sha256": file_sha256(hf_parquet)}), tmp_path)
+    assert out["rows"] == 12
+    assert out["meta"]["source"] == "hf://datasets/org/pokemon/data/train.parquet"
+    assert out["meta"]["revision"] == revision
+
+
+def test_hub_source_offline_without_cache_points_to_the_fix(tmp_path):
+    hub = {"repo_id": "org/absent", "revision": "main", "file": "x.parquet"}
+    out = run_hub(cfg({"hub": hub}), tmp_path)
+    assert "HF_HUB_OFFLINE" in out["error"] and "local parquet" in out["error"]

@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipbench.demo import demo_rows
+from clipbench.encode import encode_images, encode_texts, precision_context, resolve_device
+from clipbench.encoders import load_encoder, seeded_projection
+from clipbench.errors import InputError
+from tests.conftest import bert_resnet_spec, open_clip_spec, png_bytes
+
+CPU = torch.device("cpu")
+CAPTIONS = [
+    "a red circle",
+    "a yellow star on a black background with a long tail of words",
+    "blue",
+    "a green square on a white background",
+    "an orange triangle",
+]
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return demo_rows(7, seed=5)[0]  # every storage mode, mixed sizes
+
+
+@pytest.fixture(scope="module", params=["tiny-vit-16", "tiny-rn", "bert_resnet"])
+def encoder(request, checkpoints):
+    if request.param == "bert_resnet":
+        return load_encoder(bert_resnet_spec(checkpoints), CPU)
+    return load_encoder(open_clip_spec(checkpoints, request.param), CPU)
+
+
+def test_batched_images_equal_one_at_a_time(encoder, blobs):
+    ids = list(range(len(blobs)))
+    batched = encode_images(encoder, blobs, ids, batch_size=4)
+    single = np.concatenate(
+        [encode_images(encoder, [b], [i], 1) for b, i in zip(blobs, ids, strict=True)]
+    )
+    assert batched.dtype == np.float32 and batched.shape[0] == len(blobs)
+    np.testing.assert_allclose(batched, single, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_batched_texts_equal_one_at_a_time(encoder):
+    # Padding to the batch's longest caption must not change a short caption's embedding.
+    batched = encode_texts(encoder, CAPTIONS, batch_size=5)
+    single = np.concatenate([encode_texts(encoder, [c], 1) for c in CAPTIONS])
+    np.testing.assert_allclose(batched, single, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_models_are_in_eval_mode(encoder):
+    assert all(not m.training for m in encoder.modules())
+
+
+def test_bert_resnet_matches_the_seed_design(checkpoints):
+    enc = load_encoder(bert_resnet_spec(checkpoints), CPU)
+    assert enc.projection.in_features == enc.text_model.config.hidden_size
+    assert enc.projection.out_features == 1000  # classifier logits
+    # The untrained projection is reproducible from its seed and independent of global RNG.
+    torch.manual_seed(123)
+    again = seeded_projection(enc.projection.in_features, 1000, 0)
+    torch.testing.assert_close(again.weight, enc.projection.weight)
+    other = seeded_projection(enc.projection.in_features, 1000, 1)
+    assert not torch.equal(other.weight, enc.projection.weight)
+
+
+def test_bert_mean_pool_ignores_padding(checkpoints):
+    enc = load_encoder(bert_resnet_spec(checkpoints), CPU)
+    with torch.inference_mode():
+        batch = enc.tokenizer(["red"], return_tensors="pt")
+        hidden = enc.text_model(**batch).last_hidden_state
+        expected = enc.projection(hidden.mean(1))
+        padded = enc.encode_texts(["red", "a very long caption about a red circle"])[:1]
+    torch.testing.assert_close(padded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_kind():
+    with pytest.raises(InputError, match="unknown model kind 'sam'"):
+        load_encoder({"kind": "sam"}, CPU)
+
+
+def test_checkpoint_not_matching_architecture(checkpoints):
+    spec = open_clip_spec(checkpoints, "tiny-vit-16") | {
+        "checkpoint": str(checkpoints["tiny-vit-32"])
+    }
+    with pytest.raises(InputError, match="does not match architecture 'tiny-vit-16'"):
+        load_encoder(spec, CPU)
+    bad = bert_resnet_spec(checkpoints) | {"image_arch": "resnet34"}
+    with pytest.raises(InputError, match="does not match torchvision 'resnet34'"):
+        load_encoder(bad, CPU)
+
+
+def test_model_config_must_be_named_after_arch(checkpoints):
+    spec = open_clip_spec(checkpoints) | {"arch": "other"}
+    with pytest.raises(InputError, match="name the file <arch>.json"):
+        load_encoder(spec, CPU)
+
+
+def test_unknown_open_clip_architecture():
+    with pytest.raises(InputError, match="unknown open_clip architecture 'ViT-Q-99'"):
+        load_encoder({"kind": "open_clip", "arch": "ViT-Q-99"}, CPU)
+
+
+def test_hub_weights_offline_point_to_the_fix():
+    with pytest.raises(InputError, match="HF_HUB_OFFLINE"):
+        load_encoder({"kind": "open_clip", "arch": "RN50", "pretrained": "openai"}, CPU)
+
+
+def test_undecodable_image_names_row(encoder):
+    blobs = [png_bytes(Image.new("RGB", (8, 8))), b"\xff\xd8\xff broken jpeg"]
+    with pytest.raises(InputError, match="row 41"):
+        encode_images(encoder, blobs, [40, 41], batch_size=2)
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
+        precision_context(CPU, "fp16")
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(checkpoints, blobs):
+    enc = load_encoder(open_clip_spec(checkpoints), CPU)
+    fp32 = encode_images(enc, blobs, list(range(len(blobs))), 4)
+    bf16 = encode_images(enc, blobs, list(range(len(blobs))), 4, precision="bf16")
+    assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.99
