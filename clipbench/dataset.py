@@ -5,7 +5,6 @@ into the workflow's canonical table: ``id`` (int64), ``image`` (original encoded
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
 from clipbench.errors import InputError
+from clipbench.images import check_image_header
 
 CANONICAL_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
 
@@ -141,20 +140,6 @@ def _check_column(table: pa.Table, name: str, role: str) -> None:
             f"{role} column {name!r} not found; the source has columns {table.column_names}. "
             f"Set `{role}_column` in the dataset's config"
         )
-
-
-def check_image_header(blob: bytes | None, row_id: int) -> None:
-    # Opening reads only the header: cheap, and catches garbage bytes before any model runs.
-    if not blob:
-        raise InputError(f"row {row_id}: no image bytes stored; fix or remove this row")
-    try:
-        with Image.open(io.BytesIO(blob)):
-            pass
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(
-            f"row {row_id}: image bytes are not a recognised image format ({exc}); "
-            "fix or remove this row in the source dataset"
-        ) from exc
 
 
 def canonical_table(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -44,14 +46,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, row_id: int | str) -> Image.Image:
-    """Decode encoded image bytes to RGB; errors name the dataset row they came from."""
-    if not data:
-        raise InputError(f"row {row_id}: the image is empty (no bytes stored)")
+@contextlib.contextmanager
+def _row_errors(row_id: int | str, failure: str) -> Iterator[None]:
+    """Turn PIL's errors into one message that names the dataset row and the fix."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return to_rgb(image)
+        yield
     except Image.DecompressionBombError as exc:
         raise InputError(
             f"row {row_id}: image exceeds PIL's decompression-bomb pixel limit ({exc}); "
@@ -59,6 +58,26 @@ def decode_image(data: bytes, row_id: int | str) -> Image.Image:
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(
-            f"row {row_id}: image bytes cannot be decoded ({type(exc).__name__}: {exc}); "
+            f"row {row_id}: image bytes {failure} ({type(exc).__name__}: {exc}); "
             "fix or remove this row in the source dataset"
         ) from exc
+
+
+def _require_bytes(data: bytes | None, row_id: int | str) -> None:
+    if not data:
+        raise InputError(f"row {row_id}: no image bytes stored; fix or remove this row")
+
+
+def check_image_header(data: bytes | None, row_id: int | str) -> None:
+    """Read only the header: cheap, and catches garbage bytes before any model runs."""
+    _require_bytes(data, row_id)
+    with _row_errors(row_id, "are not a recognised image format"):
+        Image.open(io.BytesIO(data)).close()
+
+
+def decode_image(data: bytes, row_id: int | str) -> Image.Image:
+    """Decode encoded image bytes to RGB; errors name the dataset row they came from."""
+    _require_bytes(data, row_id)
+    with _row_errors(row_id, "cannot be decoded"), Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return to_rgb(image)

@@ -164,3 +164,10 @@ def test_hub_source_offline_without_cache_points_to_the_fix(tmp_path):
     hub = {"repo_id": "org/absent", "revision": "main", "file": "x.parquet"}
     out = run_hub(cfg({"hub": hub}), tmp_path)
     assert "HF_HUB_OFFLINE" in out["error"] and "local parquet" in out["error"]
+
+
+def test_decompression_bomb_refused_at_download(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    raw = raw_table(["a"], [png_bytes(Image.new("RGB", (20, 20)))])
+    with pytest.raises(InputError, match="row 0: image exceeds PIL's decompression-bomb"):
+        canonical_table(raw, "image", "text")

@@ -90,3 +90,9 @@ def test_truncated_jpeg_names_the_row():
     blob = png_bytes(Image.new("RGB", (64, 64), RED), "JPEG")
     with pytest.raises(InputError, match="row 7: image bytes cannot be decoded"):
         decode_image(blob[: len(blob) // 3], 7)
+
+
+def test_decompression_bomb_limit_stays_on(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 20×20 = 400 > 2 × limit
+    with pytest.raises(InputError, match="row 7: image exceeds PIL's decompression-bomb"):
+        decode_image(png_bytes(Image.new("RGB", (20, 20))), 7)
