@@ -21,8 +21,10 @@ include: "rules/download.smk"
 include: "rules/encode.smk"
 include: "rules/similarity.smk"
 include: "rules/hits.smk"
+include: "rules/compare.smk"
 include: "rules/histogram.smk"
 include: "rules/queries.smk"
+include: "rules/robustness.smk"
 include: "rules/report.smk"
 
 

@@ -1,5 +1,6 @@
 """Loading an image–caption dataset from the hub, a local parquet or a local HF dataset folder
-into the workflow's canonical table: ``id`` (int64), ``image`` (original encoded bytes), ``text``.
+into the workflow's two canonical tables: images (``id``, ``image`` as the original encoded
+bytes, ``text``) and captions (``id``, ``image_id``, ``text``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipbench.errors import InputError
 from clipbench.images import check_image_header
 
-CANONICAL_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
+IMAGES_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
+CAPTIONS_SCHEMA = pa.schema([("id", pa.int64()), ("image_id", pa.int64()), ("text", pa.string())])
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -77,9 +78,13 @@ def read_source(source: dict[str, Any], split: str | None) -> tuple[pa.Table, di
     if "hub" in source:
         hub = source["hub"]
         path = download_hub_file(hub["repo_id"], hub["file"], hub["revision"])
+        # The HF cache stores files under snapshots/<commit>/: the commit a branch resolved to.
+        parts = path.parts
+        resolved = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
         info = {
             "source": f"hf://datasets/{hub['repo_id']}/{hub['file']}",
             "revision": hub["revision"],
+            "resolved_revision": resolved,
             "path": str(path),
         }
     elif "parquet" in source:
@@ -142,58 +147,111 @@ def _check_column(table: pa.Table, name: str, role: str) -> None:
         )
 
 
-def canonical_table(
+def caption_lists(texts: pa.ChunkedArray, text_column: str) -> list[list[str]]:
+    """Captions per source row: a string column gives one each, a list column several."""
+    kind = texts.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        if not (pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type)):
+            raise InputError(f"text column {text_column!r} has type {kind}; expected strings")
+        rows = texts.to_pylist()
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        rows = [[t] for t in texts.to_pylist()]
+    else:
+        raise InputError(f"text column {text_column!r} has type {kind}; expected strings")
+    bad = [
+        i
+        for i, caps in enumerate(rows)
+        if not caps or any(c is None or not c.strip() for c in caps)
+    ]
+    if bad:
+        raise InputError(
+            f"{len(bad)} row(s) have a null or empty caption (row ids {bad[:20]}); "
+            "fill or remove those rows"
+        )
+    return rows
+
+
+def canonical_tables(
     raw: pa.Table,
     image_column: str,
     text_column: str,
     limit: int | None = None,
     base_dir: Path | None = None,
-) -> pa.Table:
-    """Validate and reshape a raw source table into ``id``, ``image``, ``text``."""
+    image_grouping: str = "row",
+) -> tuple[pa.Table, pa.Table]:
+    """Validate a raw source table; return its images and its captions.
+
+    images: ``id``, ``image`` (original bytes), ``text`` (the image's first caption);
+    captions: ``id``, ``image_id``, ``text``. With ``image_grouping="bytes"`` rows holding
+    byte-identical images become one image with several captions; with ``"row"`` every source
+    row is its own image (the seed study's setup).
+    """
     _check_column(raw, image_column, "image")
     _check_column(raw, text_column, "text")
     if limit is not None:
         raw = raw.slice(0, limit)
     if raw.num_rows == 0:
         raise InputError("the dataset has zero rows; check the source file and `limit`")
-    texts = raw[text_column]
-    if not pa.types.is_string(texts.type) and not pa.types.is_large_string(texts.type):
-        raise InputError(f"text column {text_column!r} has type {texts.type}; expected strings")
-    blank = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_trim_whitespace(texts), ""))
-    bad = pc.indices_nonzero(pc.fill_null(blank, True)).to_pylist()
-    if bad:
-        raise InputError(
-            f"{len(bad)} caption(s) are null or empty (row ids {bad[:20]}); "
-            "fill or remove those rows"
-        )
+    captions_per_row = caption_lists(raw[text_column], text_column)
     blobs = image_bytes(raw[image_column], base_dir)
     for row_id, blob in enumerate(blobs):
         check_image_header(blob, row_id)
-    return pa.table(
+
+    image_of_key: dict[Any, int] = {}
+    images: list[bytes] = []
+    first_caption: list[str] = []
+    caption_image: list[int] = []
+    caption_text: list[str] = []
+    for row, (blob, caps) in enumerate(zip(blobs, captions_per_row, strict=True)):
+        key = hashlib.sha256(blob).digest() if image_grouping == "bytes" else row
+        if key not in image_of_key:
+            image_of_key[key] = len(images)
+            images.append(blob)
+            first_caption.append(caps[0])
+        caption_image += [image_of_key[key]] * len(caps)
+        caption_text += caps
+    image_table = pa.table(
         {
-            "id": pa.array(range(raw.num_rows), pa.int64()),
-            "image": pa.array(blobs, pa.binary()),
-            "text": texts.cast(pa.string()),
+            "id": pa.array(range(len(images)), pa.int64()),
+            "image": pa.array(images, pa.binary()),
+            "text": pa.array(first_caption, pa.string()),
         },
-        schema=CANONICAL_SCHEMA,
+        schema=IMAGES_SCHEMA,
     )
+    caption_table = pa.table(
+        {
+            "id": pa.array(range(len(caption_text)), pa.int64()),
+            "image_id": pa.array(caption_image, pa.int64()),
+            "text": pa.array(caption_text, pa.string()),
+        },
+        schema=CAPTIONS_SCHEMA,
+    )
+    return image_table, caption_table
 
 
-def load_dataset(cfg: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    """Load one configured dataset; return the canonical table and its provenance metadata."""
+def load_dataset(cfg: dict[str, Any]) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    """Load one configured dataset: its images, its captions and provenance metadata."""
     raw, info = read_source(cfg["source"], cfg.get("split"))
     base_dir = Path(info["path"]).parent if "hf_folder" not in cfg["source"] else None
-    table = canonical_table(
-        raw, cfg["image_column"], cfg["text_column"], cfg.get("limit"), base_dir
+    images, captions = canonical_tables(
+        raw,
+        cfg["image_column"],
+        cfg["text_column"],
+        cfg.get("limit"),
+        base_dir,
+        cfg.get("image_grouping", "row"),
     )
     metadata = {
         "source": info["source"],
         "revision": info["revision"],
+        "resolved_revision": info.get("resolved_revision"),
         "sha256": info["sha256"],
         "split": cfg.get("split"),
         "image_column": cfg["image_column"],
         "text_column": cfg["text_column"],
+        "image_grouping": cfg.get("image_grouping", "row"),
         "source_rows": raw.num_rows,
-        "num_rows": table.num_rows,
+        "num_rows": images.num_rows,
+        "num_captions": captions.num_rows,
     }
-    return table, metadata
+    return images, captions, metadata

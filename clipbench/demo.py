@@ -34,7 +34,7 @@ STORAGE = (
     ("RGB", "PNG"),
     ("1", "PNG"),
 )
-CAPTION_WORDS = ("a", "an", "on", "background", *COLORS, *BACKGROUNDS, *SHAPES)
+CAPTION_WORDS = ("a", "an", "on", "background", "coloured", *COLORS, *BACKGROUNDS, *SHAPES)
 
 
 def draw_shape(shape: str, color, background, size: tuple[int, int]) -> Image.Image:
@@ -78,7 +78,16 @@ def encode_as(image: Image.Image, mode: str, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def demo_rows(rows: int, seed: int) -> tuple[list[bytes], list[str]]:
+def caption_variants(color: str, shape: str, bg: str) -> list[str]:
+    return [
+        f"a {color} {shape} on a {bg} background",
+        f"{color} {shape}",
+        f"a {shape} coloured {color}",
+    ]
+
+
+def demo_rows(rows: int, seed: int, multi: bool = False) -> tuple[list[bytes], list]:
+    """Encoded images and captions: one caption each, or (``multi``) a list of 1–3 each."""
     rng = np.random.default_rng(seed)
     blobs, captions = [], []
     for i in range(rows):
@@ -89,16 +98,19 @@ def demo_rows(rows: int, seed: int) -> tuple[list[bytes], list[str]]:
         mode, fmt = STORAGE[i % len(STORAGE)]
         image = draw_shape(shape, COLORS[color], BACKGROUNDS[bg], size)
         blobs.append(encode_as(image, mode, fmt))
-        captions.append(f"a {color} {shape} on a {bg} background")
+        variants = caption_variants(color, shape, bg)
+        captions.append(variants[: 1 + i % 3] if multi else variants[0])
     return blobs, captions
 
 
-def write_demo_parquet(path: str, rows: int, seed: int) -> None:
-    """Write through the `datasets` library so the layout is exactly the hub's Image feature."""
+def write_demo_parquet(path: str, rows: int, seed: int, multi: bool = False) -> None:
+    """Write through the `datasets` library so the layout is exactly the hub's Image feature
+    (and, for ``multi``, a list-of-strings caption column)."""
     import datasets
 
-    blobs, captions = demo_rows(rows, seed)
-    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    blobs, captions = demo_rows(rows, seed, multi)
+    text = datasets.List(datasets.Value("string")) if multi else datasets.Value("string")
+    features = datasets.Features({"image": datasets.Image(), "text": text})
     data = datasets.Dataset.from_dict(
         {"image": [{"bytes": b, "path": None} for b in blobs], "text": captions},
         features=features,

@@ -1,4 +1,5 @@
-"""Batched, inference-mode encoding of a dataset's images and captions with one encoder."""
+"""Batched, inference-mode encoding of a dataset's images and captions with one encoder, and
+the two GPU-tagged stages built on it: ``encode`` and ``robustness``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.metadata
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -14,10 +16,20 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from clipbench.arrow_io import embedding_array, read_metadata, read_table, write_table
+from clipbench.arrow_io import (
+    embedding_array,
+    embedding_matrix,
+    read_metadata,
+    read_table,
+    write_table,
+)
 from clipbench.encoders import Encoder, load_encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
+from clipbench.metrics import summarize
+from clipbench.retrieval import retrieve
+from clipbench.ridge import CrossFitRidge
+from clipbench.robustness import add_pixel_noise, add_typos
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("clipbench")
@@ -78,10 +90,14 @@ def _run_batches(
         ) as bar,
     ):
         for chunk in batches(items, batch_size):
-            features = fn(chunk).float()
-            out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
+            out.append(fn(chunk).float().cpu().numpy())
             bar.update(len(chunk))
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def encode_images(
@@ -91,12 +107,19 @@ def encode_images(
     batch_size: int,
     precision: str = "fp32",
     progress: IO[str] | None = None,
+    perturb: Callable | None = None,
 ) -> np.ndarray:
-    """L2-normalised image embeddings, one row per blob, in input order."""
+    """Image features (unnormalised), one row per blob, in input order.
+
+    ``perturb(image, row_id)`` optionally alters each decoded RGB image before preprocessing.
+    """
     device = encoder.device
 
     def run(chunk):
-        pixels = torch.stack([encoder.preprocess(decode_image(b, i)) for b, i in chunk])
+        images = [(decode_image(b, i), i) for b, i in chunk]
+        if perturb is not None:
+            images = [(perturb(image, i), i) for image, i in images]
+        pixels = torch.stack([encoder.preprocess(image) for image, _ in images])
         return encoder.encode_images(pixels.to(device))
 
     return _run_batches(
@@ -111,7 +134,7 @@ def encode_texts(
     precision: str = "fp32",
     progress: IO[str] | None = None,
 ) -> np.ndarray:
-    """L2-normalised caption embeddings, one row per text, in input order."""
+    """Text features (unnormalised), one row per text, in input order."""
     return _run_batches(
         lambda chunk: encoder.encode_texts(list(chunk)),
         list(texts),
@@ -123,14 +146,84 @@ def encode_texts(
     )
 
 
+def fit_text_head(
+    spec: dict[str, Any], caption_raw: np.ndarray, image_emb: np.ndarray, caption_image: np.ndarray
+) -> CrossFitRidge | None:
+    """The fitted baseline's ridge map from text features to (normalised) image embeddings;
+    None for models whose text tower already ends in the shared space."""
+    if spec.get("projection") != "ridge":
+        return None
+    return CrossFitRidge(**spec["ridge"]).fit(caption_raw, image_emb[caption_image], caption_image)
+
+
+def caption_embeddings(head: CrossFitRidge | None, raw: np.ndarray) -> np.ndarray:
+    """Dataset captions: through the cross-fitted map of each caption's own fold."""
+    return l2_normalize(raw if head is None else head.transform(raw, np.arange(len(raw))))
+
+
+def query_embeddings(head: CrossFitRidge | None, raw: np.ndarray) -> np.ndarray:
+    """Free-text queries are no dataset row: the map fitted on all rows projects them."""
+    return l2_normalize(raw if head is None else head.transform(raw))
+
+
 def embedding_table(ids: Sequence[int], matrix: np.ndarray, **columns: Any) -> pa.Table:
     return pa.table(
         {"id": pa.array(ids, pa.int64()), **columns, "embedding": embedding_array(matrix)}
     )
 
 
+@dataclass
+class Session:
+    """A loaded encoder plus the dataset it encodes, shared by the encode and robustness
+    stages."""
+
+    encoder: Encoder
+    device: torch.device
+    precision: str
+    batch_size: int
+    images: pa.Table
+    captions: pa.Table
+    progress: IO[str] | None
+
+    @classmethod
+    def open(cls, spec, settings, dataset_path, captions_path, threads, progress, model_name):
+        torch.set_num_threads(threads)
+        device = resolve_device(settings["device"])
+        precision_context(device, settings["precision"])  # fail fast on an impossible combo
+        log.info("loading %s on %s (%s)", model_name, device, settings["precision"])
+        return cls(
+            load_encoder(spec, device),
+            device,
+            settings["precision"],
+            settings["batch_size"],
+            read_table(dataset_path),
+            read_table(captions_path),
+            progress,
+        )
+
+    @property
+    def caption_image(self) -> np.ndarray:
+        # Image ids are 0…n−1 in row order (dataset.canonical_tables), so an id is a row index.
+        return self.captions["image_id"].to_numpy()
+
+    def image_features(self, perturb: Callable | None = None) -> np.ndarray:
+        return encode_images(
+            self.encoder,
+            self.images["image"].to_pylist(),
+            self.images["id"].to_pylist(),
+            self.batch_size,
+            self.precision,
+            self.progress,
+            perturb,
+        )
+
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(self.encoder, texts, self.batch_size, self.precision, self.progress)
+
+
 def run_encode(
     dataset_path: str,
+    captions_path: str,
     model_name: str,
     spec: dict[str, Any],
     settings: dict[str, Any],
@@ -142,35 +235,130 @@ def run_encode(
     progress: IO[str] | None = None,
 ) -> None:
     """Encode both towers (and the configured free-text queries) with one loaded model."""
-    torch.set_num_threads(threads)
-    device = resolve_device(settings["device"])
-    precision, batch_size = settings["precision"], settings["batch_size"]
-    precision_context(device, precision)  # fail fast on an impossible combination
-    data = read_table(dataset_path)
-    log.info("loading %s on %s (%s)", model_name, device, precision)
-    encoder = load_encoder(spec, device)
-    ids = data["id"].to_pylist()
-    images = encode_images(encoder, data["image"].to_pylist(), ids, batch_size, precision, progress)
-    texts = encode_texts(encoder, data["text"].to_pylist(), batch_size, precision, progress)
-    query_emb = encode_texts(encoder, list(queries), batch_size, precision, progress)
+    session = Session.open(
+        spec, settings, dataset_path, captions_path, threads, progress, model_name
+    )
+    images = l2_normalize(session.image_features())
+    caption_raw = session.text_features(session.captions["text"].to_pylist())
+    head = fit_text_head(spec, caption_raw, images, session.caption_image)
+    texts = caption_embeddings(head, caption_raw)
+    query_emb = query_embeddings(head, session.text_features(list(queries)))
+    device = session.device
     metadata = {
         "model": model_name,
         "spec": spec,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": precision,
-        "batch_size": batch_size,
+        "precision": session.precision,
+        "batch_size": session.batch_size,
         "dim": int(images.shape[1]),
         "dataset": read_metadata(dataset_path).get("dataset"),
         "libraries": library_versions(),
+        "text_head": head.describe() if head else None,
     }
-    write_table(embedding_table(ids, images), out_images, metadata)
-    # One caption per image here: a caption's own image carries the caption's row id.
+    write_table(embedding_table(session.images["id"].to_pylist(), images), out_images, metadata)
     write_table(
-        embedding_table(ids, texts, image_id=pa.array(ids, pa.int64())), out_texts, metadata
+        embedding_table(
+            session.captions["id"].to_pylist(), texts, image_id=session.captions["image_id"]
+        ),
+        out_texts,
+        metadata,
     )
     write_table(
         embedding_table(range(len(queries)), query_emb, query=pa.array(queries, pa.string())),
         out_queries,
         metadata,
+    )
+
+
+def recall_rows(text_emb, image_emb, caption_image, k, recall_at) -> list[tuple[str, str, float]]:
+    """(direction, metric, value) for hits@K and R@k in both directions."""
+    n_images = image_emb.shape[0]
+    t2i = retrieve(text_emb, image_emb, caption_image, np.arange(n_images), k)
+    i2t = retrieve(image_emb, text_emb, np.arange(n_images), caption_image, k)
+    rows = []
+    for direction, result in (("text_to_image", t2i), ("image_to_text", i2t)):
+        summary = summarize(result.rank, k, recall_at)
+        for name in ("hits_at_k", *(f"recall_at_{r}" for r in recall_at)):
+            rows.append((direction, name, float(summary[name])))
+    return rows
+
+
+def run_robustness(
+    dataset_path: str,
+    captions_path: str,
+    images_path: str,
+    texts_path: str,
+    model_name: str,
+    spec: dict[str, Any],
+    settings: dict[str, Any],
+    robustness: dict[str, Any],
+    k: int,
+    recall_at: Sequence[int],
+    out_path: str,
+    threads: int,
+    progress: IO[str] | None = None,
+) -> None:
+    """Retrieval as seeded Gaussian pixel noise is added to the images, and as seeded
+    character-level typos are added to the captions (the other side stays clean)."""
+    session = Session.open(
+        spec, settings, dataset_path, captions_path, threads, progress, model_name
+    )
+    clean_images = embedding_matrix(read_table(images_path)["embedding"])
+    clean_texts = embedding_matrix(read_table(texts_path)["embedding"])
+    caption_image, seed = session.caption_image, robustness["seed"]
+    rows: list[tuple] = []
+    for sigma in robustness["noise_sigmas"]:
+        images = (
+            clean_images
+            if sigma == 0
+            else l2_normalize(
+                session.image_features(
+                    lambda image, row_id, s=sigma: add_pixel_noise(image, s, seed, row_id)
+                )
+            )
+        )
+        rows += [
+            ("image_noise", float(sigma), *r)
+            for r in recall_rows(clean_texts, images, caption_image, k, recall_at)
+        ]
+    head = None
+    if spec.get("projection") == "ridge":  # refit exactly as encode did, on clean captions
+        clean_raw = session.text_features(session.captions["text"].to_pylist())
+        head = fit_text_head(spec, clean_raw, clean_images, caption_image)
+    for rate in robustness["typo_rates"]:
+        if rate == 0:
+            texts = clean_texts
+        else:
+            noisy = [
+                add_typos(t, rate, seed, int(i))
+                for t, i in zip(
+                    session.captions["text"].to_pylist(),
+                    session.captions["id"].to_numpy(),
+                    strict=True,
+                )
+            ]
+            texts = caption_embeddings(head, session.text_features(noisy))
+        rows += [
+            ("caption_typos", float(rate), *r)
+            for r in recall_rows(texts, clean_images, caption_image, k, recall_at)
+        ]
+    columns = list(zip(*rows, strict=True))
+    table = pa.table(
+        {
+            name: list(col)
+            for name, col in zip(
+                ("perturbation", "level", "direction", "metric", "value"), columns, strict=True
+            )
+        }
+    )
+    write_table(
+        table,
+        out_path,
+        {
+            "model": model_name,
+            "seed": seed,
+            "k": k,
+            "dataset": read_metadata(dataset_path).get("dataset"),
+        },
     )

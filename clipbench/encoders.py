@@ -125,7 +125,8 @@ def seeded_projection(in_dim: int, out_dim: int, seed: int) -> torch.nn.Linear:
 
 
 class BertResnetEncoder(Encoder):
-    """The seed's baseline: BERT mean-pooled text → fixed random Linear → classifier logits."""
+    """The seed's baseline: BERT mean-pooled text → fixed random Linear → classifier logits
+    (or, with ``projection: ridge``, pooled features for a fitted map)."""
 
     kind = "bert_resnet"
 
@@ -176,7 +177,13 @@ class BertResnetEncoder(Encoder):
 
         text_dim = self.text_model.config.hidden_size
         image_dim = last_linear(self.image_model).out_features
-        self.projection = seeded_projection(text_dim, image_dim, spec["projection_seed"])
+        # "random": the seed's untrained projection, part of the text tower. "ridge": the text
+        # tower ends at the pooled features; encode fits a cross-fitted map afterwards.
+        self.projection = (
+            seeded_projection(text_dim, image_dim, spec["projection_seed"])
+            if spec.get("projection", "random") == "random"
+            else torch.nn.Identity()
+        )
 
     def modules(self):
         return [self.text_model, self.image_model, self.projection]

@@ -35,3 +35,11 @@ def kde_table(values: np.ndarray, points: int = 256) -> pa.Table:
         density += np.exp(-0.5 * z**2).sum(axis=1)
     density /= n * bandwidth * np.sqrt(2 * np.pi)
     return pa.table({"similarity": grid, "density": density})
+
+
+def rank_cdf_table(ranks: np.ndarray) -> pa.Table:
+    """Share of queries whose best positive ranks at or above each observed rank."""
+    values, counts = np.unique(np.asarray(ranks, dtype=np.int64), return_counts=True)
+    return pa.table(
+        {"rank": values, "count": counts.astype(np.int64), "cdf": np.cumsum(counts) / counts.sum()}
+    )

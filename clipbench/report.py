@@ -1,6 +1,6 @@
-"""The HTML report comparing models on one dataset: charts (altair), metrics, query galleries.
+"""HTML reports: one per dataset comparing its models, and one across datasets.
 
-The page is one self-contained file: the Vega JavaScript bundle is inlined once, charts carry
+Each page is one self-contained file: the Vega JavaScript bundle is inlined once, charts carry
 their data inline, and thumbnails are data URIs, so it opens offline and can be mailed around.
 """
 
@@ -17,95 +17,118 @@ import altair as alt
 import jinja2
 import polars as pl
 
+from clipbench import charts
 from clipbench.arrow_io import read_metadata, read_table
 from clipbench.images import decode_image
 
 TEMPLATES = Path(__file__).with_name("templates")
-# Metric column → (label, format) for the metrics table, in display order.
-METRIC_COLUMNS = {
-    "hits_at_k": ("hits@K", "{:.0f}"),
-    "accuracy": ("accuracy", "{:.3f}"),
-    "recall_at_1": ("R@1", "{:.3f}"),
-    "recall_at_5": ("R@5", "{:.3f}"),
-    "recall_at_10": ("R@10", "{:.3f}"),
-    "mrr": ("MRR", "{:.3f}"),
-    "mean_rank": ("mean rank", "{:.1f}"),
-    "median_rank": ("median rank", "{:.1f}"),
+DIRECTION_TITLES = {
+    "text_to_image": "Text → image (each caption searches all images)",
+    "image_to_text": "Image → text (each image searches all captions)",
 }
 
 
-def _stack(paths: Sequence[str], models: Sequence[str]) -> pl.DataFrame:
+def metric_label(name: str, k: int) -> str:
+    fixed = {
+        "hits_at_k": f"hits@{k}",
+        "accuracy": f"accuracy@{k}",
+        "mrr": "MRR",
+        "mean_rank": "mean rank",
+        "median_rank": "median rank",
+        "weighted_score": f"weighted score (K={k})",
+        "weighted_score_share": "weighted share",
+    }
+    return fixed.get(name, name.replace("recall_at_", "R@"))
+
+
+def fmt(value: float, metric: str) -> str:
+    if metric in ("hits_at_k", "weighted_score"):
+        return f"{value:.0f}"
+    if metric in ("mean_rank", "median_rank"):
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def stack(paths: Sequence[str], labels: Sequence[str], column: str = "model") -> pl.DataFrame:
     return pl.concat(
         [
-            pl.from_arrow(read_table(p)).with_columns(model=pl.lit(m))
-            for p, m in zip(paths, models, strict=True)
+            pl.from_arrow(read_table(p)).with_columns(pl.lit(label).alias(column))
+            for p, label in zip(paths, labels, strict=True)
         ],
         how="diagonal_relaxed",
     )
 
 
-def model_colors(models: Sequence[str]) -> alt.Scale:
-    return alt.Scale(domain=list(models), scheme="tableau10")
-
-
-def similarity_histogram_chart(
-    hist: pl.DataFrame, kde: pl.DataFrame, models: Sequence[str]
-) -> alt.LayerChart:
-    """The seed's first figure: matched-pair similarity histogram + density curve, overlaid."""
-    occupied = hist.filter(pl.col("count") > 0)
-    lo, hi = occupied["bin_start"].min(), occupied["bin_end"].max()
-    pad = (hi - lo) * 0.05
-    domain = [lo - pad, hi + pad]
-    color = alt.Color("model:N", scale=model_colors(models), title="model")
-    x = alt.X(
-        "bin_start:Q",
-        scale=alt.Scale(domain=domain, clamp=True),
-        title="cosine similarity of a caption and its own image",
-    )
-    bars = (
-        alt.Chart(hist.filter(pl.col("bin_end") >= domain[0], pl.col("bin_start") <= domain[1]))
-        .mark_bar(opacity=0.35, binSpacing=0)
-        .encode(
-            x=x,
-            x2="bin_end:Q",
-            y=alt.Y("density:Q", stack=None, title="density"),
-            y2=alt.datum(0),
-            color=color,
-            tooltip=[
-                "model:N",
-                alt.Tooltip("bin_center:Q", format=".3f"),
-                "count:Q",
-                alt.Tooltip("density:Q", format=".2f"),
-            ],
+def metric_tables(metrics: pl.DataFrame, k: int) -> list[dict[str, Any]]:
+    """Per direction: header, one row per model (value [interval]) and the chance row. A cell
+    whose interval contains the chance level is flagged: that model is not above chance."""
+    tables = []
+    for direction, title in DIRECTION_TITLES.items():
+        part = metrics.filter(pl.col("direction") == direction)
+        names = part["metric"].unique(maintain_order=True).to_list()
+        rows = []
+        for (model,), group in part.group_by("model", maintain_order=True):
+            cells = []
+            for row in group.iter_rows(named=True):
+                higher_is_better = row["metric"] not in ("mean_rank", "median_rank")
+                beats = (
+                    row["ci_low"] > row["chance"]
+                    if higher_is_better
+                    else row["ci_high"] < row["chance"]
+                )
+                cells.append(
+                    {
+                        "value": fmt(row["value"], row["metric"]),
+                        "ci": f"[{fmt(row['ci_low'], row['metric'])}, "
+                        f"{fmt(row['ci_high'], row['metric'])}]",
+                        "at_chance": not beats,
+                    }
+                )
+            rows.append({"model": model, "cells": cells})
+        chance = [fmt(v, m) for v, m in zip(part.head(len(names))["chance"], names, strict=True)]
+        tables.append(
+            {
+                "title": title,
+                "header": [metric_label(n, k) for n in names],
+                "rows": rows,
+                "chance": chance,
+                "n_queries": int(part["n_queries"][0]),
+                "n_candidates": int(part["n_candidates"][0]),
+            }
         )
-    )
-    curves = (
-        alt.Chart(kde.filter(pl.col("similarity").is_between(*domain)))
-        .mark_line(strokeWidth=2)
-        .encode(x="similarity:Q", y="density:Q", color=color)
-    )
-    return (bars + curves).properties(
-        width=640, height=320, title="Matched-pair similarity: histogram and density per model"
-    )
+    return tables
 
 
-def hits_chart(metrics: pl.DataFrame, models: Sequence[str]) -> alt.HConcatChart:
-    """The seed's bar chart: hits@K ("score") and accuracy per model."""
-    k, n = int(metrics["k"][0]), int(metrics["n"][0])
-    data = metrics.select("model", "hits_at_k", "accuracy")
-    y = alt.Y("model:N", sort=list(models), title=None)
+COMPARED = ("recall_at_1", "recall_at_5", "recall_at_10", "mrr")
 
-    def bars(field: str, title: str, fmt: str, color: str) -> alt.LayerChart:
-        base = alt.Chart(data).encode(y=y, x=alt.X(f"{field}:Q", title=title))
-        return (
-            base.mark_bar(color=color)
-            + base.mark_text(align="left", dx=3).encode(text=alt.Text(f"{field}:Q", format=fmt))
-        ).properties(width=280, height=24 * len(models) + 20)
 
-    return alt.hconcat(
-        bars("hits_at_k", f"hits@{k} (of {n} captions)", "d", "#f58518"),
-        bars("accuracy", f"accuracy = hits@{k} / {n}", ".3f", "#54a24b"),
-    ).properties(title=f"Text→image retrieval: own image in the top {k}")
+def comparison_tables(comparisons: pl.DataFrame, k: int) -> list[dict[str, Any]]:
+    """Per direction: for each pair of models, the paired-bootstrap difference of key metrics."""
+    tables = []
+    for direction, title in DIRECTION_TITLES.items():
+        part = comparisons.filter(
+            pl.col("direction") == direction, pl.col("metric").is_in(COMPARED)
+        )
+        names = [m for m in COMPARED if m in part["metric"].to_list()]
+        rows = []
+        for (a, b), group in part.group_by("model_a", "model_b", maintain_order=True):
+            by_metric = {r["metric"]: r for r in group.iter_rows(named=True)}
+            rows.append(
+                {
+                    "pair": f"{a} − {b}",
+                    "cells": [
+                        {
+                            "value": f"{by_metric[m]['difference']:+.3f}",
+                            "ci": f"[{by_metric[m]['ci_low']:+.3f}, {by_metric[m]['ci_high']:+.3f}]",
+                            "p": f"{by_metric[m]['p_value']:.3f}",
+                            "significant": by_metric[m]["significant"],
+                        }
+                        for m in names
+                    ],
+                }
+            )
+        tables.append({"title": title, "header": [metric_label(n, k) for n in names], "rows": rows})
+    return tables
 
 
 def thumbnail_uri(blob: bytes, row_id: int, size: int) -> str:
@@ -120,32 +143,25 @@ def galleries(
     queries: pl.DataFrame, dataset_path: str, models: Sequence[str], thumb_px: int
 ) -> list[dict[str, Any]]:
     """Per query, per model: the top-K images with scores, as data-URI thumbnails."""
-    wanted = set(queries["image_id"].to_list())
-    data = pl.from_arrow(read_table(dataset_path)).filter(pl.col("id").is_in(list(wanted)))
+    wanted = queries["image_id"].unique().to_list()
+    data = pl.from_arrow(read_table(dataset_path)).filter(pl.col("id").is_in(wanted))
     thumbs = {
         i: thumbnail_uri(b, i, thumb_px) for i, b in zip(data["id"], data["image"], strict=True)
     }
     out = []
     for (query,), rows in queries.sort("query_id", "rank").group_by("query", maintain_order=True):
-        per_model = []
-        for model in models:
-            hits = rows.filter(pl.col("model") == model).to_dicts()
-            per_model.append(
-                {"model": model, "hits": [{**h, "src": thumbs[h["image_id"]]} for h in hits]}
-            )
+        per_model = [
+            {
+                "model": model,
+                "hits": [
+                    {**h, "src": thumbs[h["image_id"]]}
+                    for h in rows.filter(pl.col("model") == model).to_dicts()
+                ],
+            }
+            for model in models
+        ]
         out.append({"query": query, "models": per_model})
     return out
-
-
-def metrics_rows(metrics: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
-    k = int(metrics["k"][0])
-    columns = [c for c in METRIC_COLUMNS if c in metrics.columns]
-    header = ["model"] + [METRIC_COLUMNS[c][0].replace("K", str(k)) for c in columns]
-    rows = [
-        [row["model"]] + [METRIC_COLUMNS[c][1].format(row[c]) for c in columns]
-        for row in metrics.to_dicts()
-    ]
-    return header, rows
 
 
 def script_json(value: Any) -> str:
@@ -160,55 +176,149 @@ def vega_bundle() -> str:
     return vl_convert.javascript_bundle(vl_version=vl_version_for_vl_convert())
 
 
-def build_report(
-    dataset_name: str,
-    dataset_path: str,
-    models: Sequence[str],
-    metrics_paths: Sequence[str],
-    hist_paths: Sequence[str],
-    kde_paths: Sequence[str],
-    query_paths: Sequence[str],
-    embedding_paths: Sequence[str],
-    out_html: str,
-    figures: Sequence[str],
-    thumb_px: int = 128,
-) -> None:
-    """Render ``out_html`` and write each chart to the ``figures`` paths (png/svg)."""
-    metrics = _stack(metrics_paths, models)
-    charts = {
-        "similarity_histogram": similarity_histogram_chart(
-            _stack(hist_paths, models), _stack(kde_paths, models), models
-        ),
-        "hits_at_k": hits_chart(metrics, models),
-    }
-    for path in figures:  # figures/<chart name>.<png|svg>
-        name, _, fmt = Path(path).name.rpartition(".")
-        charts[name].save(path, format=fmt)
-    header, rows = metrics_rows(metrics)
-    dataset_meta = read_metadata(dataset_path)
-    model_meta = [
-        {"name": m, **read_metadata(p)} for m, p in zip(models, embedding_paths, strict=True)
-    ]
+def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) -> None:
+    for path in figures:  # …/figures/<chart name>.<png|svg>
+        name, _, fmt_ = Path(path).name.rpartition(".")
+        named[name].save(path, format=fmt_)
+
+
+def render(template: str, out_html: str, named_charts: dict[str, Any], **context) -> None:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    html = env.get_template("report.html.j2").render(
+    html = env.get_template(template).render(
+        charts={n: script_json(c.to_dict()) for n, c in named_charts.items()},
+        vega_bundle=vega_bundle(),
+        **context,
+    )
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+
+
+def robustness_metric(k: int, recall_at: Sequence[int]) -> str:
+    return f"recall_at_{k if k in recall_at else max(recall_at)}"
+
+
+def build_report(
+    dataset_name: str,
+    dataset_path: str,
+    models: Sequence[str],
+    metrics_paths: Sequence[str],
+    comparisons_path: str,
+    hist_paths: Sequence[str],
+    kde_paths: Sequence[str],
+    rank_paths: Sequence[str],
+    query_paths: Sequence[str],
+    embedding_paths: Sequence[str],
+    robustness_paths: Sequence[str],
+    out_html: str,
+    figures: Sequence[str],
+    k: int,
+    recall_at: Sequence[int],
+    thumb_px: int = 128,
+) -> None:
+    """One dataset's report; writes each chart named in ``figures`` as png/svg too."""
+    metrics = stack(metrics_paths, models)
+    kde = stack(kde_paths, models)
+    named = {
+        "hits_at_k": charts.hits_at_k(metrics, models, k),
+        "recall": charts.recall(metrics, models, recall_at),
+        "similarity_histogram": charts.similarity_histogram(stack(hist_paths, models), kde, models),
+        "similarity_separation": charts.similarity_separation(kde, models),
+        "rank_cdf": charts.rank_cdf(stack(rank_paths, models), models),
+    }
+    save_figures(named, figures)
+    if robustness_paths:
+        named["robustness"] = charts.robustness(
+            stack(robustness_paths, models), models, robustness_metric(k, recall_at)
+        )
+    dataset_meta = read_metadata(dataset_path)
+    render(
+        "report.html.j2",
+        out_html,
+        named,
         dataset=dataset_name,
         dataset_meta=dataset_meta,
-        header=header,
-        rows=rows,
-        k=int(metrics["k"][0]),
-        n=int(metrics["n"][0]),
-        charts={name: script_json(chart.to_dict()) for name, chart in charts.items()},
-        galleries=galleries(_stack(query_paths, models), dataset_path, models, thumb_px),
-        models=model_meta,
-        vega_bundle=vega_bundle(),
+        k=k,
+        metric_tables=metric_tables(metrics, k),
+        comparison_tables=comparison_tables(pl.from_arrow(read_table(comparisons_path)), k),
+        bootstrap=read_metadata(metrics_paths[0])["bootstrap"],
+        galleries=galleries(stack(query_paths, models), dataset_path, models, thumb_px),
+        models=[
+            {"name": m, **read_metadata(p)} for m, p in zip(models, embedding_paths, strict=True)
+        ],
         thumb_px=thumb_px,
     )
-    Path(out_html).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_html).with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out_html)
+
+
+def build_robustness_figures(
+    models: Sequence[str],
+    robustness_paths: Sequence[str],
+    figures: Sequence[str],
+    k: int,
+    recall_at: Sequence[int],
+) -> None:
+    chart = charts.robustness(
+        stack(robustness_paths, models), models, robustness_metric(k, recall_at)
+    )
+    save_figures({"robustness": chart}, figures)
+
+
+def build_summary(
+    datasets: Sequence[str],
+    models: Sequence[str],
+    metrics_paths: Sequence[Sequence[str]],
+    out_html: str,
+    figures: Sequence[str],
+    k: int,
+    recall_at: Sequence[int],
+) -> None:
+    """All datasets × models on one page; ``metrics_paths[i]`` are dataset i's, in model order."""
+    metrics = pl.concat(
+        [
+            stack(paths, models).with_columns(pl.lit(d).alias("dataset"))
+            for d, paths in zip(datasets, metrics_paths, strict=True)
+        ]
+    )
+    shown = [f"recall_at_{r}" for r in recall_at] + ["mrr", "hits_at_k"]
+    named = {
+        "datasets_overview": charts.datasets_overview(
+            metrics, models, robustness_metric(k, recall_at)
+        )
+    }
+    save_figures(named, figures)
+    rows = []
+    for direction, title in DIRECTION_TITLES.items():
+        part = metrics.filter(pl.col("direction") == direction, pl.col("metric").is_in(shown))
+        for (dataset, model), group in part.group_by("dataset", "model", maintain_order=True):
+            by = {r["metric"]: r for r in group.iter_rows(named=True)}
+            rows.append(
+                {
+                    "direction": title.split(" (")[0],
+                    "dataset": dataset,
+                    "model": model,
+                    "n": by[shown[0]]["n_queries"],
+                    "cells": [
+                        {
+                            "value": fmt(by[m]["value"], m),
+                            "ci": f"[{fmt(by[m]['ci_low'], m)}, {fmt(by[m]['ci_high'], m)}]",
+                            "chance": fmt(by[m]["chance"], m),
+                        }
+                        for m in shown
+                    ],
+                }
+            )
+    render(
+        "summary.html.j2",
+        out_html,
+        named,
+        datasets=list(datasets),
+        header=[metric_label(m, k) for m in shown],
+        rows=rows,
+    )

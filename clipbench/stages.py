@@ -1,10 +1,11 @@
 """The workflow's light stages (no torch): read input artifacts, call the pure logic, write
 Arrow. Each takes plain paths and values, so it runs the same under Snakemake, from a test or
-from a notebook. The encode stage lives in :mod:`clipbench.encode`.
+from a notebook. The GPU-tagged stages live in :mod:`clipbench.encode`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -20,43 +21,130 @@ from clipbench.arrow_io import (
     write_table,
 )
 from clipbench.dataset import load_dataset
-from clipbench.histogram import histogram_table, kde_table
-from clipbench.retrieval import iter_retrieval, retrieval_metrics, topk
+from clipbench.histogram import histogram_table, kde_table, rank_cdf_table
+from clipbench.metrics import (
+    bootstrap_intervals,
+    chance_metrics,
+    metric_names,
+    paired_bootstrap,
+    summarize,
+)
+from clipbench.retrieval import RetrievalResult, retrieve, topk
 
 log = logging.getLogger("clipbench")
+DIRECTIONS = ("text_to_image", "image_to_text")
 
 
-def download(dataset_cfg: dict[str, Any], name: str, out_path: str) -> None:
-    table, metadata = load_dataset(dataset_cfg)
+def download(dataset_cfg: dict[str, Any], name: str, out_images: str, out_captions: str) -> None:
+    images, captions, metadata = load_dataset(dataset_cfg)
     log.info(
-        "dataset %s: %d rows from %s (sha256 %s)",
+        "dataset %s: %d images, %d captions from %s (sha256 %s)",
         name,
-        table.num_rows,
+        images.num_rows,
+        captions.num_rows,
         metadata["source"],
         metadata["sha256"],
     )
-    write_table(table, out_path, {"dataset": name, **metadata})
+    write_table(images, out_images, {"dataset": name, **metadata})
+    write_table(captions, out_captions, {"dataset": name, **metadata})
 
 
-def load_pair(images_path: str, texts_path: str):
-    images, texts = read_table(images_path), read_table(texts_path)
-    image_ids = images["id"].to_numpy()
-    position = {int(i): p for p, i in enumerate(image_ids)}
-    positive = np.array([position[int(i)] for i in texts["image_id"].to_pylist()], np.int64)
-    return images, texts, image_ids, positive, read_metadata(texts_path)
+class Embeddings:
+    """One model's image and caption embeddings; image ids are row indices (0…n−1)."""
+
+    def __init__(self, images_path: str, texts_path: str):
+        self.images, self.texts = read_table(images_path), read_table(texts_path)
+        self.image_emb = embedding_matrix(self.images["embedding"])
+        self.text_emb = embedding_matrix(self.texts["embedding"])
+        self.caption_image = self.texts["image_id"].to_numpy()
+        self.meta = read_metadata(texts_path)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return {"model": self.meta["model"], "dataset": self.meta["dataset"]}
+
+    def text_to_image(self, k: int, block_rows: int) -> RetrievalResult:
+        n = self.image_emb.shape[0]
+        return retrieve(
+            self.text_emb, self.image_emb, self.caption_image, np.arange(n), k, block_rows
+        )
+
+    def image_to_text(self, k: int, block_rows: int) -> RetrievalResult:
+        n = self.image_emb.shape[0]
+        return retrieve(
+            self.image_emb, self.text_emb, np.arange(n), self.caption_image, k, block_rows
+        )
 
 
 def similarity(images_path: str, texts_path: str, out_path: str) -> None:
     """The caption × image cosine matrix, one row per caption, columns in image-id order."""
-    images, texts, image_ids, _, meta = load_pair(images_path, texts_path)
-    scores = embedding_matrix(texts["embedding"]) @ embedding_matrix(images["embedding"]).T
+    emb = Embeddings(images_path, texts_path)
+    scores = emb.text_emb @ emb.image_emb.T
     table = pa.table(
-        {"text_id": texts["id"], "image_id": texts["image_id"], "scores": embedding_array(scores)}
+        {
+            "text_id": emb.texts["id"],
+            "image_id": emb.texts["image_id"],
+            "scores": embedding_array(scores),
+        }
     )
     write_table(
-        table,
-        out_path,
-        {"model": meta["model"], "dataset": meta["dataset"], "image_ids": image_ids.tolist()},
+        table, out_path, {**emb.provenance, "image_ids": emb.images["id"].to_numpy().tolist()}
+    )
+
+
+def _fixed_list(values: np.ndarray, kind: pa.DataType) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), kind), values.shape[1])
+
+
+def per_query_table(
+    query_ids: pa.Array,
+    result: RetrievalResult,
+    k: int,
+    candidate_ids: np.ndarray,
+    candidate: str,
+    **columns,
+) -> pa.Table:
+    return pa.table(
+        {
+            **columns,
+            "rank": pa.array(result.rank, pa.int64()),
+            "score": pa.array(result.positive_score, pa.float32()),
+            "hit": pa.array(result.rank <= k),
+            f"topk_{candidate}_ids": _fixed_list(candidate_ids[result.topk_index], pa.int64()),
+            "topk_scores": _fixed_list(result.topk_score, pa.float32()),
+        }
+    )
+
+
+def metrics_table(
+    model: str,
+    direction: str,
+    rank: np.ndarray,
+    n_candidates: int,
+    n_positives: np.ndarray,
+    k: int,
+    recall_at: Sequence[int],
+    bootstrap: dict[str, Any],
+) -> pa.Table:
+    """One row per metric: value, bootstrap interval, chance level."""
+    value = summarize(rank, k, recall_at)
+    ci = bootstrap_intervals(
+        rank, k, recall_at, bootstrap["resamples"], bootstrap["seed"], bootstrap["level"]
+    )
+    chance = chance_metrics(n_candidates, n_positives, k, recall_at)
+    names = metric_names(recall_at)
+    return pa.table(
+        {
+            "model": [model] * len(names),
+            "direction": [direction] * len(names),
+            "metric": names,
+            "value": [float(value[m]) for m in names],
+            "ci_low": [ci[m][0] for m in names],
+            "ci_high": [ci[m][1] for m in names],
+            "chance": [chance[m] for m in names],
+            "n_queries": [int(rank.size)] * len(names),
+            "n_candidates": [n_candidates] * len(names),
+        }
     )
 
 
@@ -65,60 +153,189 @@ def hits(
     texts_path: str,
     k: int,
     recall_at: Sequence[int],
-    out_hits: str,
+    bootstrap: dict[str, Any],
+    out_t2i: str,
+    out_i2t: str,
     out_metrics: str,
     block_rows: int = 1024,
 ) -> None:
-    """Per-caption rank and top-K of its own image, plus the one-row metrics summary."""
-    images, texts, image_ids, positive, meta = load_pair(images_path, texts_path)
-    blocks = list(
-        iter_retrieval(
-            embedding_matrix(texts["embedding"]),
-            embedding_matrix(images["embedding"]),
-            positive,
-            k,
-            block_rows,
-        )
-    )
-    rank = np.concatenate([b.rank for b in blocks])
-    topk_index = np.concatenate([b.topk_index for b in blocks])
-    table = pa.table(
-        {
-            "text_id": texts["id"],
-            "image_id": texts["image_id"],
-            "rank": pa.array(rank, pa.int64()),
-            "score": pa.array(np.concatenate([b.positive_score for b in blocks]), pa.float32()),
-            "hit": pa.array(rank <= k),
-            "topk_image_ids": pa.FixedSizeListArray.from_arrays(
-                pa.array(image_ids[topk_index].reshape(-1), pa.int64()), k
-            ),
-            "topk_scores": embedding_array(np.concatenate([b.topk_score for b in blocks])),
-        }
-    )
+    """Per-query ranks and top-K in both directions, and the metrics with intervals."""
+    emb = Embeddings(images_path, texts_path)
+    n_images, n_texts = emb.image_emb.shape[0], emb.text_emb.shape[0]
+    captions_per_image = np.bincount(emb.caption_image, minlength=n_images)
+    t2i = emb.text_to_image(k, block_rows)
+    i2t = emb.image_to_text(k, block_rows)
     provenance = {
-        "model": meta["model"],
-        "dataset": meta["dataset"],
+        **emb.provenance,
         "k": k,
-        "tie_rule": "pessimistic: rank = 1 + #(other images with score >= own)",
+        "tie_rule": "pessimistic: rank = 1 + #(non-positives with score >= best positive)",
     }
-    write_table(table, out_hits, provenance)
-    metrics = retrieval_metrics(rank, k, recall_at)
     write_table(
-        pa.table({"model": [meta["model"]], **{m: [v] for m, v in metrics.items()}}),
-        out_metrics,
+        per_query_table(
+            emb.texts["id"],
+            t2i,
+            k,
+            emb.images["id"].to_numpy(),
+            "image",
+            text_id=emb.texts["id"],
+            image_id=emb.texts["image_id"],
+        ),
+        out_t2i,
         provenance,
     )
-    log.info("%s: hits@%d = %d of %d", meta["model"], k, metrics["hits_at_k"], metrics["n"])
+    write_table(
+        per_query_table(
+            emb.images["id"],
+            i2t,
+            k,
+            emb.texts["id"].to_numpy(),
+            "text",
+            image_id=emb.images["id"],
+            n_captions=pa.array(captions_per_image, pa.int64()),
+        ),
+        out_i2t,
+        provenance,
+    )
+    model = emb.meta["model"]
+    tables = [
+        metrics_table(
+            model,
+            "text_to_image",
+            t2i.rank,
+            n_images,
+            np.ones(n_texts, np.int64),
+            k,
+            recall_at,
+            bootstrap,
+        ),
+        metrics_table(
+            model, "image_to_text", i2t.rank, n_texts, captions_per_image, k, recall_at, bootstrap
+        ),
+    ]
+    write_table(pa.concat_tables(tables), out_metrics, {**provenance, "bootstrap": bootstrap})
+    log.info("%s: text→image hits@%d = %d of %d", model, k, int((t2i.rank <= k).sum()), n_texts)
 
 
-def histogram(hits_path: str, bins: int, lo: float, hi: float, out_hist: str, out_kde: str) -> None:
-    """Matched-pair (caption, own image) similarity distribution for one model."""
-    table = read_table(hits_path)
-    meta = read_metadata(hits_path)
-    scores = table["score"].to_numpy()
-    provenance = {"model": meta["model"], "dataset": meta["dataset"], "n": int(scores.size)}
-    write_table(histogram_table(scores, bins, lo, hi), out_hist, provenance)
-    write_table(kde_table(scores), out_kde, provenance)
+def compare(
+    models: Sequence[str],
+    t2i_paths: Sequence[str],
+    i2t_paths: Sequence[str],
+    k: int,
+    recall_at: Sequence[int],
+    bootstrap: dict[str, Any],
+    out_path: str,
+) -> None:
+    """Paired bootstrap of every metric's difference between every pair of models."""
+    ranks = {
+        direction: {m: read_table(p)["rank"].to_numpy() for m, p in zip(models, paths, strict=True)}
+        for direction, paths in zip(DIRECTIONS, (t2i_paths, i2t_paths), strict=True)
+    }
+    rows: list[dict[str, Any]] = []
+    for direction in DIRECTIONS:
+        for a, b in itertools.combinations(models, 2):
+            result = paired_bootstrap(
+                ranks[direction][a],
+                ranks[direction][b],
+                k,
+                recall_at,
+                bootstrap["resamples"],
+                bootstrap["seed"],
+                bootstrap["level"],
+            )
+            rows += [
+                {"direction": direction, "metric": metric, "model_a": a, "model_b": b, **stats}
+                for metric, stats in result.items()
+            ]
+    columns = [
+        "direction",
+        "metric",
+        "model_a",
+        "model_b",
+        "difference",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "significant",
+    ]
+    table = pa.table(
+        {c: [r[c] for r in rows] for c in columns},
+        schema=pa.schema(
+            [(c, pa.string()) for c in columns[:4]]
+            + [(c, pa.float64()) for c in columns[4:8]]
+            + [("significant", pa.bool_())]
+        ),
+    )
+    write_table(table, out_path, {"models": list(models), "k": k, "bootstrap": bootstrap})
+
+
+def non_matched_scores(emb: Embeddings, max_pairs: int, seed: int) -> np.ndarray:
+    """Cosine of (caption, image) pairs where the image is not the caption's own: all of them
+    while there are at most ``max_pairs``, else a seeded uniform sample of that many."""
+    n_texts, n_images = emb.text_emb.shape[0], emb.image_emb.shape[0]
+    if n_texts * (n_images - 1) <= max_pairs:
+        scores = emb.text_emb @ emb.image_emb.T
+        scores[np.arange(n_texts), emb.caption_image] = np.nan
+        return scores[~np.isnan(scores)]
+    rng = np.random.default_rng(seed)
+    text = rng.integers(0, n_texts, max_pairs)
+    # Uniform over the n−1 other images: draw from n−1 slots, skip over the own image.
+    image = rng.integers(0, n_images - 1, max_pairs)
+    image += image >= emb.caption_image[text]
+    return np.einsum("ij,ij->i", emb.text_emb[text], emb.image_emb[image])
+
+
+def histogram(
+    images_path: str,
+    texts_path: str,
+    t2i_path: str,
+    i2t_path: str,
+    bins: int,
+    lo: float,
+    hi: float,
+    max_pairs: int,
+    seed: int,
+    out_hist: str,
+    out_kde: str,
+    out_ranks: str,
+) -> None:
+    """Similarity distributions (matched vs non-matched pairs) and rank CDFs for one model."""
+    emb = Embeddings(images_path, texts_path)
+    matched = read_table(t2i_path)["score"].to_numpy()
+    other = non_matched_scores(emb, max_pairs, seed)
+    provenance = {
+        **emb.provenance,
+        "n_matched": int(matched.size),
+        "n_non_matched": int(other.size),
+        "seed": seed,
+    }
+    groups = (("matched", matched), ("non-matched", other))
+    write_table(
+        pa.concat_tables(
+            [labelled(histogram_table(v, bins, lo, hi), "pairs", name) for name, v in groups]
+        ),
+        out_hist,
+        provenance,
+    )
+    write_table(
+        pa.concat_tables([labelled(kde_table(v), "pairs", name) for name, v in groups]),
+        out_kde,
+        provenance,
+    )
+    ranks = zip(DIRECTIONS, (t2i_path, i2t_path), strict=True)
+    write_table(
+        pa.concat_tables(
+            [
+                labelled(rank_cdf_table(read_table(p)["rank"].to_numpy()), "direction", d)
+                for d, p in ranks
+            ]
+        ),
+        out_ranks,
+        emb.provenance,
+    )
+
+
+def labelled(table: pa.Table, column: str, value: str) -> pa.Table:
+    return table.append_column(column, pa.array([value] * table.num_rows, pa.string()))
 
 
 def queries(images_path: str, queries_path: str, dataset_path: str, k: int, out_path: str) -> None:
@@ -127,9 +344,7 @@ def queries(images_path: str, queries_path: str, dataset_path: str, k: int, out_
     scores = embedding_matrix(query_table["embedding"]) @ embedding_matrix(images["embedding"]).T
     idx = topk(scores, k)
     image_ids = images["id"].to_numpy()[idx]
-    captions = dict(
-        zip(*(read_table(dataset_path).select(["id", "text"]).to_pydict().values()), strict=True)
-    )
+    captions = read_table(dataset_path)["text"].to_pylist()  # an image's first caption, by id
     n_queries = len(query_table)
     table = pa.table(
         {

@@ -53,12 +53,37 @@ def per_model(pattern):
     return lambda wildcards: expand(pattern, dataset=wildcards.dataset, model=MODELS)
 
 
-def all_targets():
+def robustness_datasets():
+    rob = config["robustness"]
+    if not rob["enabled"]:
+        return []
+    return [d for d in DATASETS if rob["datasets"] is None or d in rob["datasets"]]
+
+
+def robustness_files(wildcards):
+    if wildcards.dataset not in robustness_datasets():
+        return []
     return expand(
-        [
-            "results/{dataset}/report.html",
-            "results/{dataset}/similarity/{model}.arrow",
-        ],
-        dataset=DATASETS,
+        "results/{dataset}/robustness/{model}.arrow",
+        dataset=wildcards.dataset,
         model=MODELS,
     )
+
+
+def all_targets():
+    return [
+        "results/report.html",
+        *expand(
+            [
+                "results/{dataset}/report.html",
+                "results/{dataset}/similarity/{model}.arrow",
+            ],
+            dataset=DATASETS,
+            model=MODELS,
+        ),
+        *expand(
+            "results/{dataset}/figures/robustness.{ext}",
+            dataset=robustness_datasets(),
+            ext=["png", "svg"],
+        ),
+    ]

@@ -4,15 +4,20 @@
 
 rule demo_dataset:
     output:
-        "results/demo/inputs/demo.parquet",
+        "results/demo/inputs/{variant}.parquet",
     log:
-        "logs/demo/inputs/dataset.log",
+        "logs/demo/inputs/{variant}.log",
     benchmark:
-        "benchmarks/demo/inputs/dataset.tsv"
+        "benchmarks/demo/inputs/{variant}.tsv"
+    wildcard_constraints:
+        variant="demo|demo-multi",
     conda:
         "../envs/clipbench.yaml"
     params:
-        rows=config["demo"]["rows"],
+        rows=lambda wildcards: config["demo"][
+            "multi_rows" if wildcards.variant == "demo-multi" else "rows"
+        ],
+        multi=lambda wildcards: wildcards.variant == "demo-multi",
         seed=config["demo"]["seed"],
     script:
         "../scripts/demo_dataset.py"

@@ -2,7 +2,8 @@ rule download:
     input:
         dataset_files,
     output:
-        "results/{dataset}/dataset.arrow",
+        images="results/{dataset}/dataset.arrow",
+        captions="results/{dataset}/captions.arrow",
     log:
         "logs/{dataset}/download.log",
     benchmark:

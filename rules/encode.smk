@@ -1,6 +1,7 @@
 rule encode:
     input:
         dataset="results/{dataset}/dataset.arrow",
+        captions="results/{dataset}/captions.arrow",
         local_files=model_files,
     output:
         images="results/{dataset}/embeddings/{model}/images.arrow",

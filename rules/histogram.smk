@@ -1,9 +1,13 @@
 rule histogram:
     input:
-        "results/{dataset}/hits/{model}.arrow",
+        images="results/{dataset}/embeddings/{model}/images.arrow",
+        texts="results/{dataset}/embeddings/{model}/texts.arrow",
+        t2i="results/{dataset}/hits/{model}.arrow",
+        i2t="results/{dataset}/hits/{model}.i2t.arrow",
     output:
         histogram="results/{dataset}/histograms/{model}.arrow",
         kde="results/{dataset}/histograms/{model}.kde.arrow",
+        ranks="results/{dataset}/histograms/{model}.ranks.arrow",
     log:
         "logs/{dataset}/histogram/{model}.log",
     benchmark:
@@ -13,5 +17,7 @@ rule histogram:
     params:
         bins=config["histogram"]["bins"],
         range=config["histogram"]["range"],
+        max_pairs=config["histogram"]["non_matched_pairs"],
+        seed=config["histogram"]["seed"],
     script:
         "../scripts/histogram.py"

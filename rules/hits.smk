@@ -3,7 +3,8 @@ rule hits:
         images="results/{dataset}/embeddings/{model}/images.arrow",
         texts="results/{dataset}/embeddings/{model}/texts.arrow",
     output:
-        hits="results/{dataset}/hits/{model}.arrow",
+        t2i="results/{dataset}/hits/{model}.arrow",
+        i2t="results/{dataset}/hits/{model}.i2t.arrow",
         metrics="results/{dataset}/metrics/{model}.arrow",
     log:
         "logs/{dataset}/hits/{model}.log",
@@ -14,5 +15,7 @@ rule hits:
     params:
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],
+        block_rows=config["retrieval"]["block_rows"],
+        bootstrap=canonical(config["retrieval"]["bootstrap"]),
     script:
         "../scripts/hits.py"

@@ -6,6 +6,7 @@ from clipbench.logs import job_log
 with job_log(snakemake.log[0]) as progress:
     run_encode(
         dataset_path=snakemake.input.dataset,
+        captions_path=snakemake.input.captions,
         model_name=snakemake.wildcards.model,
         spec=json.loads(snakemake.params.spec),
         settings=json.loads(snakemake.params.settings),

@@ -1,3 +1,5 @@
+import json
+
 from clipbench.logs import job_log
 from clipbench.stages import hits
 
@@ -7,6 +9,9 @@ with job_log(snakemake.log[0]):
         snakemake.input.texts,
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),
-        out_hits=snakemake.output.hits,
+        bootstrap=json.loads(snakemake.params.bootstrap),
+        out_t2i=snakemake.output.t2i,
+        out_i2t=snakemake.output.i2t,
         out_metrics=snakemake.output.metrics,
+        block_rows=snakemake.params.block_rows,
     )

@@ -19,7 +19,13 @@ def load(path):
 def test_default_config_is_the_seed_study():
     cfg = load("config.yaml")
     validate(cfg, SCHEMA)
-    assert list(cfg["models"]) == ["clip-rn50", "clip-vit-b-32", "clip-vit-b-16", "bert-resnet50"]
+    assert list(cfg["models"]) == [
+        "clip-rn50",
+        "clip-vit-b-32",
+        "clip-vit-b-16",
+        "bert-resnet50",
+        "bert-resnet50-ridge",
+    ]
     assert [(m.get("arch"), m.get("pretrained")) for m in cfg["models"].values()][:3] == [
         ("RN50", "openai"),
         ("ViT-B-32", "openai"),

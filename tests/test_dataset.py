@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clipbench.dataset import canonical_table, file_sha256, load_dataset
+from clipbench.dataset import canonical_tables, file_sha256, load_dataset
 from clipbench.demo import demo_rows, write_demo_parquet
 from clipbench.errors import InputError
 from tests.conftest import png_bytes
@@ -21,19 +21,26 @@ def cfg(source, **extra):
 
 
 def test_hf_image_parquet_keeps_original_bytes(hf_parquet):
-    table, meta = load_dataset(cfg({"parquet": str(hf_parquet)}))
+    table, captions_table, meta = load_dataset(cfg({"parquet": str(hf_parquet)}))
     blobs, captions = demo_rows(12, 3)
     assert table.schema.names == ["id", "image", "text"]
     assert table.schema.field("image").type == pa.binary()
     assert table["id"].to_pylist() == list(range(12))
     assert table["image"].to_pylist() == blobs  # not re-encoded
     assert table["text"].to_pylist() == captions
-    assert meta["num_rows"] == 12 and meta["sha256"] == file_sha256(hf_parquet)
+    # One caption per image: caption i belongs to image i.
+    assert captions_table.to_pydict() == {
+        "id": list(range(12)),
+        "image_id": list(range(12)),
+        "text": captions,
+    }
+    assert meta["num_rows"] == 12 and meta["num_captions"] == 12
+    assert meta["sha256"] == file_sha256(hf_parquet)
     assert meta["source"] == str(hf_parquet)
 
 
 def test_limit_takes_first_rows(hf_parquet):
-    table, meta = load_dataset(cfg({"parquet": str(hf_parquet)}, limit=5))
+    table, _, meta = load_dataset(cfg({"parquet": str(hf_parquet)}, limit=5))
     assert table.num_rows == 5 and meta["source_rows"] == 12
 
 
@@ -49,7 +56,7 @@ def test_hf_dataset_folder(tmp_path, hf_parquet):
 
     ds = datasets.Dataset.from_parquet(str(hf_parquet))
     datasets.DatasetDict({"train": ds, "test": ds.select([0, 1])}).save_to_disk(tmp_path / "f")
-    table, _ = load_dataset(cfg({"hf_folder": str(tmp_path / "f")}, split="test"))
+    table, _, _ = load_dataset(cfg({"hf_folder": str(tmp_path / "f")}, split="test"))
     assert table["image"].to_pylist() == demo_rows(12, 3)[0][:2]
     with pytest.raises(InputError, match="split 'validation' not found"):
         load_dataset(cfg({"hf_folder": str(tmp_path / "f")}, split="validation"))
@@ -63,10 +70,10 @@ def test_plain_binary_and_path_only_images(tmp_path):
         pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
     )
     raw = pa.table({"image": struct, "caption": ["x"]})
-    table = canonical_table(raw, "image", "caption", base_dir=tmp_path)
+    table, _ = canonical_tables(raw, "image", "caption", base_dir=tmp_path)
     assert table["image"].to_pylist() == [blob]
     raw = pa.table({"img": pa.array([blob], pa.binary()), "caption": ["x"]})
-    assert canonical_table(raw, "img", "caption")["image"].to_pylist() == [blob]
+    assert canonical_tables(raw, "img", "caption")[0]["image"].to_pylist() == [blob]
 
 
 def raw_table(texts, blobs=None):
@@ -76,26 +83,60 @@ def raw_table(texts, blobs=None):
 
 def test_missing_column_lists_available():
     with pytest.raises(InputError, match=r"text column 'caption' not found.*\['image', 'text'\]"):
-        canonical_table(raw_table(["a"]), "image", "caption")
+        canonical_tables(raw_table(["a"]), "image", "caption")
     with pytest.raises(InputError, match="image column 'pixels' not found"):
-        canonical_table(raw_table(["a"]), "pixels", "text")
+        canonical_tables(raw_table(["a"]), "pixels", "text")
+
+
+def test_list_column_gives_several_captions_per_image(tmp_path):
+    path = tmp_path / "multi.parquet"
+    write_demo_parquet(str(path), rows=5, seed=1, multi=True)
+    images, captions, meta = load_dataset(cfg({"parquet": str(path)}))
+    _, lists = demo_rows(5, 1, multi=True)
+    assert images.num_rows == 5 and meta["num_captions"] == sum(map(len, lists)) == 9
+    assert captions["image_id"].to_pylist() == [0, 1, 1, 2, 2, 2, 3, 4, 4]
+    assert captions["text"].to_pylist() == [c for caps in lists for c in caps]
+    assert images["text"].to_pylist() == [caps[0] for caps in lists]
+
+
+def test_repeated_images_grouped_by_bytes_when_asked():
+    a, b = png_bytes(Image.new("RGB", (4, 4), "red")), png_bytes(Image.new("RGB", (4, 4)))
+    raw = raw_table(["a1", "b1", "a2"], [a, b, a])
+    images, captions = canonical_tables(raw, "image", "text", image_grouping="bytes")
+    assert images["image"].to_pylist() == [a, b]
+    assert captions.to_pydict() == {
+        "id": [0, 1, 2],
+        "image_id": [0, 1, 0],
+        "text": ["a1", "b1", "a2"],
+    }
+    images, captions = canonical_tables(raw, "image", "text")  # "row": the seed's setup
+    assert images.num_rows == 3 and captions["image_id"].to_pylist() == [0, 1, 2]
+
+
+def test_blank_caption_inside_a_list_names_the_row():
+    texts = pa.array([["ok"], ["fine", " "], []], pa.list_(pa.string()))
+    raw = pa.table(
+        {"image": pa.array([png_bytes(Image.new("RGB", (4, 4)))] * 3, pa.binary()), "text": texts}
+    )
+    with pytest.raises(InputError, match=r"row ids \[1, 2\]"):
+        canonical_tables(raw, "image", "text")
 
 
 @pytest.mark.parametrize("bad", [None, "", "   "])
 def test_null_or_empty_caption_names_rows(bad):
     with pytest.raises(InputError, match=r"row ids \[1\]"):
-        canonical_table(raw_table(["ok", bad, "fine"]), "image", "text")
+        canonical_tables(raw_table(["ok", bad, "fine"]), "image", "text")
 
 
 def test_zero_rows():
     with pytest.raises(InputError, match="zero rows"):
-        canonical_table(raw_table([]), "image", "text")
+        canonical_tables(raw_table([]), "image", "text")
 
 
 def test_garbage_image_names_row():
     blobs = [png_bytes(Image.new("RGB", (4, 4))), b"garbage"]
     with pytest.raises(InputError, match="row 1: image bytes are not a recognised image"):
-        canonical_table(raw_table(["a", "b"], blobs), "image", "text")
+        canonical_tables(raw_table(["a", "b"], blobs), "image", "text")
 
 
 def test_truncated_parquet(tmp_path, hf_parquet):
@@ -122,7 +163,7 @@ from clipbench.dataset import load_dataset
 from clipbench.errors import InputError
 cfg = json.loads(sys.argv[1])
 try:
-    table, meta = load_dataset(cfg)
+    table, _, meta = load_dataset(cfg)
     print(json.dumps({"rows": table.num_rows, "meta": meta}))
 except InputError as exc:
     print(json.dumps({"error": str(exc)}))
@@ -158,6 +199,7 @@ def test_hub_source_reads_pinned_file_from_the_hf_cache(tmp_path, hf_parquet):
     assert out["rows"] == 12
     assert out["meta"]["source"] == "hf://datasets/org/pokemon/data/train.parquet"
     assert out["meta"]["revision"] == revision
+    assert out["meta"]["resolved_revision"] == revision
 
 
 def test_hub_source_offline_without_cache_points_to_the_fix(tmp_path):
@@ -170,4 +212,4 @@ def test_decompression_bomb_refused_at_download(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     raw = raw_table(["a"], [png_bytes(Image.new("RGB", (20, 20)))])
     with pytest.raises(InputError, match="row 0: image exceeds PIL's decompression-bomb"):
-        canonical_table(raw, "image", "text")
+        canonical_tables(raw, "image", "text")

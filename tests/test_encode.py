@@ -4,7 +4,14 @@ import torch
 from PIL import Image
 
 from clipbench.demo import demo_rows
-from clipbench.encode import encode_images, encode_texts, precision_context, resolve_device
+from clipbench.encode import (
+    encode_images,
+    encode_texts,
+    fit_text_head,
+    l2_normalize,
+    precision_context,
+    resolve_device,
+)
 from clipbench.encoders import load_encoder, seeded_projection
 from clipbench.errors import InputError
 from tests.conftest import bert_resnet_spec, open_clip_spec, png_bytes
@@ -33,9 +40,11 @@ def encoder(request, checkpoints):
 
 def test_batched_images_equal_one_at_a_time(encoder, blobs):
     ids = list(range(len(blobs)))
-    batched = encode_images(encoder, blobs, ids, batch_size=4)
-    single = np.concatenate(
-        [encode_images(encoder, [b], [i], 1) for b, i in zip(blobs, ids, strict=True)]
+    batched = l2_normalize(encode_images(encoder, blobs, ids, batch_size=4))
+    single = l2_normalize(
+        np.concatenate(
+            [encode_images(encoder, [b], [i], 1) for b, i in zip(blobs, ids, strict=True)]
+        )
     )
     assert batched.dtype == np.float32 and batched.shape[0] == len(blobs)
     np.testing.assert_allclose(batched, single, atol=2e-5)
@@ -44,10 +53,9 @@ def test_batched_images_equal_one_at_a_time(encoder, blobs):
 
 def test_batched_texts_equal_one_at_a_time(encoder):
     # Padding to the batch's longest caption must not change a short caption's embedding.
-    batched = encode_texts(encoder, CAPTIONS, batch_size=5)
-    single = np.concatenate([encode_texts(encoder, [c], 1) for c in CAPTIONS])
+    batched = l2_normalize(encode_texts(encoder, CAPTIONS, batch_size=5))
+    single = l2_normalize(np.concatenate([encode_texts(encoder, [c], 1) for c in CAPTIONS]))
     np.testing.assert_allclose(batched, single, atol=2e-5)
-    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
 
 def test_models_are_in_eval_mode(encoder):
@@ -126,6 +134,32 @@ def test_device_and_precision_choices():
 
 def test_bf16_on_cpu_stays_close_to_fp32(checkpoints, blobs):
     enc = load_encoder(open_clip_spec(checkpoints), CPU)
-    fp32 = encode_images(enc, blobs, list(range(len(blobs))), 4)
-    bf16 = encode_images(enc, blobs, list(range(len(blobs))), 4, precision="bf16")
+    fp32 = l2_normalize(encode_images(enc, blobs, list(range(len(blobs))), 4))
+    bf16 = l2_normalize(encode_images(enc, blobs, list(range(len(blobs))), 4, precision="bf16"))
     assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.99
+
+
+def test_ridge_baseline_text_tower_ends_at_pooled_features(checkpoints):
+    spec = bert_resnet_spec(checkpoints) | {
+        "projection": "ridge",
+        "ridge": {"folds": 3, "inner_folds": 2},
+    }
+    enc = load_encoder(spec, CPU)
+    raw = encode_texts(enc, CAPTIONS, 5)
+    assert raw.shape == (5, enc.text_model.config.hidden_size)
+    images = l2_normalize(np.random.default_rng(0).standard_normal((5, 1000)))
+    head = fit_text_head(spec, raw, images, np.arange(5))
+    assert head.transform(raw, np.arange(5)).shape == (5, 1000)
+    assert fit_text_head(bert_resnet_spec(checkpoints), raw, images, np.arange(5)) is None
+
+
+def test_perturb_hook_changes_only_what_it_touches(checkpoints, blobs):
+    from clipbench.robustness import add_pixel_noise
+
+    enc = load_encoder(open_clip_spec(checkpoints), CPU)
+    ids = list(range(len(blobs)))
+    clean = encode_images(enc, blobs, ids, 4)
+    same = encode_images(enc, blobs, ids, 4, perturb=lambda im, i: im)
+    noisy = encode_images(enc, blobs, ids, 4, perturb=lambda im, i: add_pixel_noise(im, 0.3, 0, i))
+    np.testing.assert_allclose(same, clean, atol=1e-6)
+    assert np.abs(noisy - clean).max() > 1e-3

@@ -28,3 +28,12 @@ def test_kde_is_a_density():
     x, y = table["similarity"].to_numpy(), table["density"].to_numpy()
     assert np.trapezoid(y, x) > 0.99
     assert abs(x[np.argmax(y)] - 0.3) < 0.03
+
+
+def test_rank_cdf():
+    from clipbench.histogram import rank_cdf_table
+
+    table = rank_cdf_table(np.array([3, 1, 1, 7]))
+    assert table["rank"].to_pylist() == [1, 3, 7]
+    assert table["count"].to_pylist() == [2, 1, 1]
+    assert table["cdf"].to_pylist() == [0.5, 0.75, 1.0]

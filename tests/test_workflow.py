@@ -22,6 +22,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 WORKFLOW_FILES = [
     "Snakefile",
+    "profiles",
     "config.yaml",
     "rules",
     "scripts",
@@ -30,8 +31,9 @@ WORKFLOW_FILES = [
     "envs",
     "tests/demo",
 ]
-DEMO_MODELS = ["tiny-rn", "tiny-vit-32", "tiny-vit-16", "tiny-bert-resnet18"]
-DEMO_ROWS = 48
+DEMO_MODELS = ["tiny-rn", "tiny-vit-32", "tiny-bert-resnet18", "tiny-bert-resnet18-ridge"]
+# dataset → (images, captions): demo-multi has 1–3 captions per image.
+DEMO_SIZES = {"demo": (48, 48), "demo-multi": (24, 48)}
 
 
 def workflow_copy(dest: Path) -> Path:
@@ -79,91 +81,157 @@ def demo(tmp_path_factory) -> Path:
 def test_dry_run_of_the_default_config_lists_the_whole_dag(tmp_path):
     root = workflow_copy(tmp_path)
     done = snakemake(root, "-n", "--cores", "4", "--resources", "gpu=1")
+    per_model = {"encode": 5, "similarity": 5, "hits": 5, "histogram": 5, "queries": 5}
     assert job_counts(done.stdout + done.stderr) == {
         "download": 1,
-        "encode": 4,
-        "similarity": 4,
-        "hits": 4,
-        "histogram": 4,
-        "queries": 4,
+        **per_model,
+        "compare": 1,
         "report": 1,
+        "summary": 1,
         "all": 1,
     }
 
 
-def test_demo_dataset_artifact(demo):
-    path = demo / "results/demo/dataset.arrow"
-    table = read_table(path)
-    assert table.schema.remove_metadata() == pa.schema(
-        [("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())]
-    )
-    assert table.num_rows == DEMO_ROWS
-    meta = read_metadata(path)
-    assert meta["num_rows"] == DEMO_ROWS and len(meta["sha256"]) == 64
-    assert meta["source"] == "results/demo/inputs/demo.parquet"
+def test_demo_dataset_artifacts(demo):
+    for dataset, (n_images, n_captions) in DEMO_SIZES.items():
+        path = demo / f"results/{dataset}/dataset.arrow"
+        table = read_table(path)
+        assert table.schema.remove_metadata() == pa.schema(
+            [("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())]
+        )
+        assert table.num_rows == n_images
+        captions = read_table(demo / f"results/{dataset}/captions.arrow")
+        assert captions.schema.names == ["id", "image_id", "text"]
+        assert captions.num_rows == n_captions
+        meta = read_metadata(path)
+        assert meta["num_rows"] == n_images and meta["num_captions"] == n_captions
+        assert len(meta["sha256"]) == 64
+        assert meta["source"] == f"results/demo/inputs/{dataset}.parquet"
 
 
+def matrix(column, rows: int) -> np.ndarray:
+    return np.asarray(column.combine_chunks().flatten()).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("dataset", list(DEMO_SIZES))
 @pytest.mark.parametrize("model", DEMO_MODELS)
-def test_demo_model_artifacts(demo, model):
-    res = demo / "results/demo"
+def test_demo_model_artifacts(demo, dataset, model):
+    n_images, n_captions = DEMO_SIZES[dataset]
+    res = demo / f"results/{dataset}"
     images = read_table(res / f"embeddings/{model}/images.arrow")
     texts = read_table(res / f"embeddings/{model}/texts.arrow")
     dim = images.schema.field("embedding").type.list_size
     assert images.schema.field("embedding").type == pa.list_(pa.float32(), dim)
-    assert images.num_rows == texts.num_rows == DEMO_ROWS
-    emb = np.asarray(images["embedding"].combine_chunks().flatten()).reshape(-1, dim)
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert (images.num_rows, texts.num_rows) == (n_images, n_captions)
+    np.testing.assert_allclose(
+        np.linalg.norm(matrix(images["embedding"], n_images), axis=1), 1, atol=1e-5
+    )
     meta = read_metadata(res / f"embeddings/{model}/images.arrow")
     assert meta["model"] == model and meta["device"] == "cpu" and meta["precision"] == "fp32"
     assert {"torch", "open_clip_torch", "transformers"} <= set(meta["libraries"])
+    assert (meta["text_head"] is not None) == model.endswith("ridge")
 
     sim = read_table(res / f"similarity/{model}.arrow")
-    assert sim.num_rows == DEMO_ROWS
-    assert sim.schema.field("scores").type == pa.list_(pa.float32(), DEMO_ROWS)
+    assert sim.num_rows == n_captions
+    assert sim.schema.field("scores").type == pa.list_(pa.float32(), n_images)
 
-    hits = pl.read_ipc(res / f"hits/{model}.arrow")
-    assert hits.height == DEMO_ROWS and hits["rank"].min() >= 1
-    assert hits["rank"].max() <= DEMO_ROWS
-    assert hits.schema["topk_image_ids"] == pl.Array(pl.Int64, 5)
-    # The matched score in hits is the diagonal of the similarity matrix.
-    matrix = np.asarray(sim["scores"].combine_chunks().flatten()).reshape(DEMO_ROWS, DEMO_ROWS)
-    np.testing.assert_allclose(hits["score"].to_numpy(), np.diag(matrix), atol=1e-6)
+    t2i = pl.read_ipc(res / f"hits/{model}.arrow")
+    assert t2i.height == n_captions and t2i["rank"].min() >= 1
+    assert t2i["rank"].max() <= n_images
+    assert t2i.schema["topk_image_ids"] == pl.Array(pl.Int64, 5)
+    # The matched score in hits is the caption's own-image entry of the similarity matrix.
+    scores = matrix(sim["scores"], n_captions)
+    own = scores[np.arange(n_captions), t2i["image_id"].to_numpy()]
+    np.testing.assert_allclose(t2i["score"].to_numpy(), own, atol=1e-6)
+
+    i2t = pl.read_ipc(res / f"hits/{model}.i2t.arrow")
+    assert i2t.height == n_images and i2t["n_captions"].sum() == n_captions
+    assert i2t["rank"].max() <= n_captions - i2t["n_captions"].min() + 1
+    assert i2t.schema["topk_text_ids"] == pl.Array(pl.Int64, 5)
 
     metrics = pl.read_ipc(res / f"metrics/{model}.arrow")
-    assert metrics.height == 1 and metrics["n"][0] == DEMO_ROWS
-    assert metrics["hits_at_k"][0] == int((hits["rank"] <= 5).sum())
+    assert metrics.height == 2 * 10  # 10 metrics per direction
+    row = metrics.filter(pl.col("direction") == "text_to_image", pl.col("metric") == "hits_at_k")
+    assert row["value"][0] == int((t2i["rank"] <= 5).sum())
+    assert row["chance"][0] == pytest.approx(n_captions * 5 / n_images)
+    assert (metrics["ci_low"] <= metrics["value"]).all()
+    assert (metrics["value"] <= metrics["ci_high"]).all()
 
     hist = pl.read_ipc(res / f"histograms/{model}.arrow")
-    assert hist["count"].sum() == DEMO_ROWS
-    assert pl.read_ipc(res / f"histograms/{model}.kde.arrow").height > 0
+    counts = dict(hist.group_by("pairs").agg(pl.col("count").sum()).iter_rows())
+    assert counts == {"matched": n_captions, "non-matched": n_captions * (n_images - 1)}
+    assert pl.read_ipc(res / f"histograms/{model}.kde.arrow")["pairs"].n_unique() == 2
+    ranks = pl.read_ipc(res / f"histograms/{model}.ranks.arrow")
+    assert ranks.group_by("direction").agg(pl.col("cdf").max())["cdf"].to_list() == [1.0, 1.0]
 
     queries = pl.read_ipc(res / f"queries/{model}.arrow")
     assert queries.height == 3 * 5
     assert queries.group_by("query").len()["len"].to_list() == [5, 5, 5]
 
 
+def test_demo_comparisons_and_robustness(demo):
+    comparisons = pl.read_ipc(demo / "results/demo/comparisons.arrow")
+    pairs = len(DEMO_MODELS) * (len(DEMO_MODELS) - 1) // 2
+    assert comparisons.height == 2 * pairs * 10
+    assert (comparisons["ci_low"] <= comparisons["ci_high"]).all()
+    for model in DEMO_MODELS:
+        rob = pl.read_ipc(demo / f"results/demo/robustness/{model}.arrow")
+        assert set(rob["perturbation"]) == {"image_noise", "caption_typos"}
+        assert sorted(set(rob["level"])) == [0.0, 0.1, 0.3]
+        # Level 0 is the clean benchmark: it equals the hits stage's numbers.
+        clean = rob.filter(pl.col("level") == 0, pl.col("metric") == "recall_at_5")
+        metrics = pl.read_ipc(demo / f"results/demo/metrics/{model}.arrow").filter(
+            pl.col("metric") == "recall_at_5"
+        )
+        for direction in ("text_to_image", "image_to_text"):
+            want = metrics.filter(pl.col("direction") == direction)["value"][0]
+            assert (clean.filter(pl.col("direction") == direction)["value"] == want).all()
+    # Robustness runs only where configured.
+    assert not (demo / "results/demo-multi/robustness").exists()
+
+
 class _Resources(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
-        self.refs: list[str] = []
+        self.refs: list[tuple[str, str]] = []
 
     def handle_starttag(self, tag, attrs):
-        self.refs += [v for k, v in attrs if k in ("src", "href", "srcset", "data") and v]
+        self.refs += [(tag, v) for k, v in attrs if k in ("src", "href", "srcset", "data") and v]
 
 
-def test_report_is_self_contained(demo):
-    page = (demo / "results/demo/report.html").read_text()
+def external_resources(page: str) -> list[str]:
+    """What a page would load from outside itself (navigation links are not loads)."""
     parser = _Resources()
     parser.feed(page)
-    assert parser.refs, "galleries should embed images"
-    assert all(r.startswith(("data:", "#")) for r in parser.refs), parser.refs
-    assert "<link" not in page and not re.search(r"@import|url\(\s*['\"]?http", page)
-    assert "vegaEmbed" in page and page.count("<figure") == 3 * 5 * len(DEMO_MODELS)
-    for model in DEMO_MODELS:
-        assert model in page
-    for name in ("similarity_histogram", "hits_at_k"):
-        assert (demo / f"results/demo/figures/{name}.png").read_bytes()[:4] == b"\x89PNG"
-        assert b"<svg" in (demo / f"results/demo/figures/{name}.svg").read_bytes()[:500]
+    loads = [v for tag, v in parser.refs if tag != "a" and not v.startswith(("data:", "#"))]
+    if "<link" in page or re.search(r"@import|url\(\s*['\"]?http", page):
+        loads.append("stylesheet")
+    return loads
+
+
+def test_reports_are_self_contained(demo):
+    for dataset in DEMO_SIZES:
+        page = (demo / f"results/{dataset}/report.html").read_text()
+        assert external_resources(page) == []
+        assert "vegaEmbed" in page and page.count("<figure") == 3 * 5 * len(DEMO_MODELS)
+        for model in DEMO_MODELS:
+            assert model in page
+        figures = [
+            "hits_at_k",
+            "recall",
+            "similarity_histogram",
+            "similarity_separation",
+            "rank_cdf",
+        ] + (["robustness"] if dataset == "demo" else [])
+        for name in figures:
+            fig = demo / f"results/{dataset}/figures/{name}"
+            assert fig.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+            assert b"<svg" in fig.with_suffix(".svg").read_bytes()[:500]
+        assert ('id="robustness"' in page) == (dataset == "demo")
+    summary = (demo / "results/report.html").read_text()
+    assert external_resources(summary) == []
+    assert 'href="demo/report.html"' in summary and 'href="demo-multi/report.html"' in summary
+    assert (demo / "results/figures/datasets_overview.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_every_rule_wrote_log_and_benchmark(demo):
@@ -172,8 +240,11 @@ def test_every_rule_wrote_log_and_benchmark(demo):
         p.relative_to(demo / "benchmarks").with_suffix("")
         for p in (demo / "benchmarks").rglob("*.tsv")
     }
-    # download + 5 per model + report + 6 demo inputs (dataset, 3 open_clip, resnet, bert)
-    assert logs == marks and len(logs) == 1 + 5 * len(DEMO_MODELS) + 1 + 6
+    per_dataset = 1 + 5 * len(DEMO_MODELS) + 2  # download, per-model jobs, compare, report
+    robustness = len(DEMO_MODELS) + 1  # demo only: per model + figures
+    demo_inputs = 6  # 2 parquets, 2 open_clip, resnet18, bert
+    assert logs == marks
+    assert len(logs) == 2 * per_dataset + robustness + 1 + demo_inputs
 
 
 def test_up_to_date_workflow_has_nothing_to_do(demo):
@@ -185,20 +256,22 @@ def test_config_change_reruns_only_that_model(demo, tmp_path):
     cfg = yaml.safe_load((demo / "tests/demo/config.yaml").read_text())
     cfg["models"]["tiny-bert-resnet18"]["projection_seed"] = 1
     changed = tmp_path / "config.yaml"
-    changed.write_text(yaml.safe_dump(cfg))
+    changed.write_text(yaml.safe_dump(cfg))  # also reorders keys: that alone reruns nothing
     done = snakemake(demo, "--cores", "2", "--configfile", str(changed), "-n")
     out = done.stdout + done.stderr
+    per_model = {"encode": 2, "similarity": 2, "hits": 2, "histogram": 2, "queries": 2}
+    # …plus what aggregates over models: comparisons and reports.
     assert job_counts(out) == {
-        "encode": 1,
-        "similarity": 1,
-        "hits": 1,
-        "histogram": 1,
-        "queries": 1,
-        "report": 1,
+        **per_model,
+        "robustness": 1,
+        "robustness_figures": 1,
+        "compare": 2,
+        "report": 2,
+        "summary": 1,
         "all": 1,
     }
-    assert "wildcards: dataset=demo, model=tiny-bert-resnet18" in out
-    assert "model=tiny-rn" not in out
+    assert "model=tiny-bert-resnet18\n" in out
+    assert "model=tiny-rn" not in out and "model=tiny-bert-resnet18-ridge" not in out
 
 
 def test_forcerun_of_one_model_reexecutes_only_its_jobs(demo):
@@ -214,11 +287,15 @@ def test_forcerun_of_one_model_reexecutes_only_its_jobs(demo):
         "embeddings/tiny-vit-32/queries.arrow",
         "similarity/tiny-vit-32.arrow",
         "hits/tiny-vit-32.arrow",
+        "hits/tiny-vit-32.i2t.arrow",
         "metrics/tiny-vit-32.arrow",
         "histograms/tiny-vit-32.arrow",
         "histograms/tiny-vit-32.kde.arrow",
+        "histograms/tiny-vit-32.ranks.arrow",
         "queries/tiny-vit-32.arrow",
-    }
+        "robustness/tiny-vit-32.arrow",
+        "comparisons.arrow",
+    }  # the one aggregate over this dataset's models
 
 
 def bad_input_config(root: Path, checkpoints, parquet: Path, **dataset) -> Path:
@@ -302,7 +379,8 @@ def test_image_broken_past_its_header_fails_encode_naming_the_row(tmp_path, chec
     done = snakemake(root, "--cores", "1", "--configfile", str(cfg), check=False)
     assert done.returncode != 0
     assert "row 1: image bytes cannot be decoded" in (root / "logs/bad/encode/tiny.log").read_text()
-    assert results_files(root) == ["bad/dataset.arrow"]  # complete; nothing partial after it
+    # Complete download artifacts; nothing partial after them.
+    assert results_files(root) == ["bad/captions.arrow", "bad/dataset.arrow"]
 
 
 def test_unknown_model_kind_is_rejected_before_any_job(tmp_path, checkpoints, good_blob):

@@ -1,0 +1,15 @@
+import json
+
+from clipbench.logs import job_log
+from clipbench.stages import compare
+
+with job_log(snakemake.log[0]):
+    compare(
+        list(snakemake.params.models),
+        list(snakemake.input.t2i),
+        list(snakemake.input.i2t),
+        k=snakemake.params.top_k,
+        recall_at=list(snakemake.params.recall_at),
+        bootstrap=json.loads(snakemake.params.bootstrap),
+        out_path=snakemake.output[0],
+    )

@@ -1,0 +1,21 @@
+import json
+
+from clipbench.encode import run_robustness
+from clipbench.logs import job_log
+
+with job_log(snakemake.log[0]) as progress:
+    run_robustness(
+        dataset_path=snakemake.input.dataset,
+        captions_path=snakemake.input.captions,
+        images_path=snakemake.input.images,
+        texts_path=snakemake.input.texts,
+        model_name=snakemake.wildcards.model,
+        spec=json.loads(snakemake.params.spec),
+        settings=json.loads(snakemake.params.settings),
+        robustness=json.loads(snakemake.params.robustness),
+        k=snakemake.params.top_k,
+        recall_at=list(snakemake.params.recall_at),
+        out_path=snakemake.output[0],
+        threads=snakemake.threads,
+        progress=progress,
+    )
