@@ -102,6 +102,15 @@ def metric_tables(metrics: pl.DataFrame, k: int) -> list[dict[str, Any]]:
 COMPARED = ("recall_at_1", "recall_at_5", "recall_at_10", "mrr")
 
 
+def difference_cell(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "value": f"{row['difference']:+.3f}",
+        "ci": f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]",
+        "p": f"{row['p_value']:.3f}",
+        "significant": row["significant"],
+    }
+
+
 def comparison_tables(comparisons: pl.DataFrame, k: int) -> list[dict[str, Any]]:
     """Per direction: for each pair of models, the paired-bootstrap difference of key metrics."""
     tables = []
@@ -114,18 +123,7 @@ def comparison_tables(comparisons: pl.DataFrame, k: int) -> list[dict[str, Any]]
         for (a, b), group in part.group_by("model_a", "model_b", maintain_order=True):
             by_metric = {r["metric"]: r for r in group.iter_rows(named=True)}
             rows.append(
-                {
-                    "pair": f"{a} − {b}",
-                    "cells": [
-                        {
-                            "value": f"{by_metric[m]['difference']:+.3f}",
-                            "ci": f"[{by_metric[m]['ci_low']:+.3f}, {by_metric[m]['ci_high']:+.3f}]",
-                            "p": f"{by_metric[m]['p_value']:.3f}",
-                            "significant": by_metric[m]["significant"],
-                        }
-                        for m in names
-                    ],
-                }
+                {"pair": f"{a} − {b}", "cells": [difference_cell(by_metric[m]) for m in names]}
             )
         tables.append({"title": title, "header": [metric_label(n, k) for n in names], "rows": rows})
     return tables
