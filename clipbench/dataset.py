@@ -40,6 +40,12 @@ def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
     return actual
 
 
+HUB_ADVICE = (
+    "Offline? Set HF_HUB_OFFLINE=1 with a populated HF cache, or point the dataset's source "
+    "to a local parquet file"
+)
+
+
 def download_hub_file(repo_id: str, filename: str, revision: str) -> Path:
     """Fetch one file of a hub dataset repo, pinned to ``revision``, through the HF cache."""
     from huggingface_hub import hf_hub_download
@@ -53,8 +59,58 @@ def download_hub_file(repo_id: str, filename: str, revision: str) -> Path:
     except Exception as exc:  # network, auth, offline mode: all need the same advice
         raise InputError(
             f"cannot fetch {filename} of dataset {repo_id}@{revision} from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). Offline? Set HF_HUB_OFFLINE=1 with a populated "
-            "HF cache, or point the dataset's source to a local parquet file"
+            f"({type(exc).__name__}: {exc}). {HUB_ADVICE}"
+        ) from exc
+
+
+def in_split(relative: Path, split: str) -> bool:
+    """Hub layouts name a split's parquet files data/<split>-*.parquet or <split>/*.parquet."""
+    return any(
+        part == split or part.startswith((f"{split}-", f"{split}.")) for part in relative.parts
+    )
+
+
+def download_hub_split(repo_id: str, revision: str, split: str) -> list[Path]:
+    """Every parquet file of one split of a hub dataset repo, pinned to ``revision``."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(
+            snapshot_download(
+                repo_id=repo_id,
+                repo_type="dataset",
+                revision=revision,
+                allow_patterns=["*.parquet"],
+            )
+        )
+    except Exception as exc:
+        raise InputError(
+            f"cannot fetch dataset {repo_id}@{revision} from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}). {HUB_ADVICE}"
+        ) from exc
+    everything = sorted(folder.rglob("*.parquet"))
+    files = [p for p in everything if in_split(p.relative_to(folder), split)]
+    if not files:
+        names = [str(p.relative_to(folder)) for p in everything][:20]
+        raise InputError(
+            f"{repo_id}@{revision} has no parquet files for split {split!r} "
+            f"(found {names}); set `split`, or name one `file`"
+        )
+    return files
+
+
+def snapshot_commit(path: Path) -> str | None:
+    # The HF cache stores files under snapshots/<commit>/: the commit a branch resolved to.
+    parts = path.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def read_parquet(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            f"{path} is not a readable parquet file ({exc}); it may be truncated: download it again"
         ) from exc
 
 
@@ -73,45 +129,43 @@ def read_hf_folder(path: str | os.PathLike, split: str | None) -> pa.Table:
     return loaded.with_format("arrow")[:]
 
 
-def read_source(source: dict[str, Any], split: str | None) -> tuple[pa.Table, dict[str, Any]]:
+def read_source(source: dict[str, Any], split: str) -> tuple[pa.Table, dict[str, Any]]:
     """Read the configured source; return the raw table and provenance for the metadata."""
-    if "hub" in source:
-        hub = source["hub"]
-        path = download_hub_file(hub["repo_id"], hub["file"], hub["revision"])
-        # The HF cache stores files under snapshots/<commit>/: the commit a branch resolved to.
-        parts = path.parts
-        resolved = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-        info = {
-            "source": f"hf://datasets/{hub['repo_id']}/{hub['file']}",
-            "revision": hub["revision"],
-            "resolved_revision": resolved,
-            "path": str(path),
-        }
-    elif "parquet" in source:
-        path = Path(source["parquet"])
-        info = {"source": str(path), "revision": None, "path": str(path)}
-    elif "hf_folder" in source:
+    if "hf_folder" in source:
         folder = Path(source["hf_folder"])
         if not folder.is_dir():
             raise InputError(f"dataset folder {folder} does not exist")
-        return read_hf_folder(folder, split), {
-            "source": str(folder),
-            "revision": None,
-            "path": str(folder),
-            "sha256": None,
+        info = {"source": str(folder), "revision": None, "path": str(folder), "sha256": None}
+        return read_hf_folder(folder, split), info
+    if "hub" in source:
+        hub = source["hub"]
+        if hub.get("file"):
+            files = [download_hub_file(hub["repo_id"], hub["file"], hub["revision"])]
+            name = f"hf://datasets/{hub['repo_id']}/{hub['file']}"
+        else:
+            files = download_hub_split(hub["repo_id"], hub["revision"], split)
+            name = f"hf://datasets/{hub['repo_id']} (split {split}, {len(files)} file(s))"
+        info = {
+            "source": name,
+            "revision": hub["revision"],
+            "resolved_revision": snapshot_commit(files[0]),
         }
+    elif "parquet" in source:
+        files = [Path(source["parquet"])]
+        info = {"source": str(files[0]), "revision": None}
     else:
         raise InputError(f"unknown dataset source {sorted(source)}; use hub, parquet or hf_folder")
-    if not path.is_file():
-        raise InputError(f"dataset file {path} does not exist")
-    info["sha256"] = verify_sha256(path, source.get("sha256"))
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
+    if source.get("sha256") and len(files) > 1:
         raise InputError(
-            f"{path} is not a readable parquet file ({exc}); it may be truncated: download it again"
-        ) from exc
-    return table, info
+            "`sha256` checks a single file; this split has several: pin the "
+            "revision to a commit instead, or name one `file`"
+        )
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"dataset file {path} does not exist")
+    digests = [verify_sha256(p, source.get("sha256")) for p in files]
+    info.update(path=str(files[0]), sha256=digests[0] if len(files) == 1 else digests)
+    return pa.concat_tables([read_parquet(p) for p in files], promote_options="default"), info
 
 
 def image_bytes(column: pa.ChunkedArray | pa.Array, base_dir: Path | None) -> list[bytes | None]:
@@ -231,7 +285,7 @@ def canonical_tables(
 
 def load_dataset(cfg: dict[str, Any]) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """Load one configured dataset: its images, its captions and provenance metadata."""
-    raw, info = read_source(cfg["source"], cfg.get("split"))
+    raw, info = read_source(cfg["source"], cfg["split"])
     base_dir = Path(info["path"]).parent if "hf_folder" not in cfg["source"] else None
     images, captions = canonical_tables(
         raw,
@@ -246,7 +300,7 @@ def load_dataset(cfg: dict[str, Any]) -> tuple[pa.Table, pa.Table, dict[str, Any
         "revision": info["revision"],
         "resolved_revision": info.get("resolved_revision"),
         "sha256": info["sha256"],
-        "split": cfg.get("split"),
+        "split": cfg["split"],
         "image_column": cfg["image_column"],
         "text_column": cfg["text_column"],
         "image_grouping": cfg.get("image_grouping", "row"),

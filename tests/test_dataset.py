@@ -17,7 +17,9 @@ def hf_parquet(tmp_path):
 
 
 def cfg(source, **extra):
-    return {"source": source, "image_column": "image", "text_column": "text", **extra}
+    """A dataset entry as the schema leaves it (defaults filled in)."""
+    return {"source": source, "image_column": "image", "text_column": "text", "split": "train",
+            **extra}
 
 
 def test_hf_image_parquet_keeps_original_bytes(hf_parquet):
@@ -213,3 +215,29 @@ def test_decompression_bomb_refused_at_download(monkeypatch):
     raw = raw_table(["a"], [png_bytes(Image.new("RGB", (20, 20)))])
     with pytest.raises(InputError, match="row 0: image exceeds PIL's decompression-bomb"):
         canonical_tables(raw, "image", "text")
+
+
+def test_hub_split_without_file_reads_every_shard_of_the_split(tmp_path):
+    import pyarrow.parquet as pq
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    data = tmp_path / "datasets--org--multi" / "snapshots" / revision / "data"
+    data.mkdir(parents=True)
+    blobs, captions = demo_rows(6, 2)
+    for shard, rows in enumerate([slice(0, 4), slice(4, 6)]):
+        pq.write_table(
+            raw_table(captions[rows], blobs[rows]), data / f"train-0000{shard}-of-00002.parquet"
+        )
+    pq.write_table(raw_table(["other"], blobs[:1]), data / "test-00000-of-00001.parquet")
+    hub = {"repo_id": "org/multi", "revision": revision}
+    out = run_hub(cfg({"hub": hub}), tmp_path)
+    assert out["rows"] == 6 and out["meta"]["resolved_revision"] == revision
+    assert len(out["meta"]["sha256"]) == 2
+    assert run_hub(cfg({"hub": hub}, split="test"), tmp_path)["rows"] == 1
+    assert (
+        "no parquet files for split 'validation'"
+        in run_hub(cfg({"hub": hub}, split="validation"), tmp_path)["error"]
+    )
+    assert (
+        "checks a single file" in run_hub(cfg({"hub": hub, "sha256": "a" * 64}), tmp_path)["error"]
+    )
