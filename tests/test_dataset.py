@@ -18,8 +18,13 @@ def hf_parquet(tmp_path):
 
 def cfg(source, **extra):
     """A dataset entry as the schema leaves it (defaults filled in)."""
-    return {"source": source, "image_column": "image", "text_column": "text", "split": "train",
-            **extra}
+    return {
+        "source": source,
+        "image_column": "image",
+        "text_column": "text",
+        "split": "train",
+        **extra,
+    }
 
 
 def test_hf_image_parquet_keeps_original_bytes(hf_parquet):
