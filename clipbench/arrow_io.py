@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +38,30 @@ def _umask() -> int:
     return mask
 
 
-def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | None = None) -> None:
-    """Write ``table`` as an Arrow IPC file, atomically: readers never see a half-written file."""
+@contextlib.contextmanager
+def atomic_writer(
+    path: str | os.PathLike, schema: pa.Schema, metadata: Mapping | None = None
+) -> Iterator[pa.ipc.RecordBatchFileWriter]:
+    """An Arrow IPC file writer whose file appears at ``path`` only once it is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
-        table = table.replace_schema_metadata(
-            {**(table.schema.metadata or {}), **encode_metadata(metadata)}
-        )
+        schema = schema.with_metadata({**(schema.metadata or {}), **encode_metadata(metadata)})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            yield writer
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | None = None) -> None:
+    """Write ``table`` as an Arrow IPC file, atomically: readers never see a half-written file."""
+    with atomic_writer(path, table.schema, metadata) as writer:
+        writer.write_table(table)
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:

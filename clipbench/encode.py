@@ -134,16 +134,24 @@ def encode_texts(
     precision: str = "fp32",
     progress: IO[str] | None = None,
 ) -> np.ndarray:
-    """Text features (unnormalised), one row per text, in input order."""
-    return _run_batches(
+    """Text features (unnormalised), one row per text, in input order.
+
+    Batches are formed from captions of similar length, so padding to each batch's longest
+    caption (BERT) or truncating to it (CLIP) wastes little work.
+    """
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    features = _run_batches(
         lambda chunk: encoder.encode_texts(list(chunk)),
-        list(texts),
+        [texts[i] for i in order],
         batch_size,
         encoder.device,
         precision,
         "texts",
         progress,
     )
+    out = np.empty_like(features)
+    out[order] = features
+    return out
 
 
 def fit_text_head(

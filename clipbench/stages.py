@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipbench.arrow_io import (
+    atomic_writer,
     embedding_array,
     embedding_matrix,
     read_metadata,
@@ -76,20 +77,48 @@ class Embeddings:
         )
 
 
-def similarity(images_path: str, texts_path: str, out_path: str) -> None:
-    """The caption × image cosine matrix, one row per caption, columns in image-id order."""
+def similarity(
+    images_path: str, texts_path: str, out_path: str, max_rows: int, block_rows: int = 1024
+) -> None:
+    """The caption × image cosine matrix, one row per caption, columns in image-id order,
+    streamed block by block. Above ``max_rows`` captions or images the matrix is not written
+    (the file keeps its schema, zero rows, and says why): ranks and top-K are in ``hits``."""
     emb = Embeddings(images_path, texts_path)
-    scores = emb.text_emb @ emb.image_emb.T
-    table = pa.table(
-        {
-            "text_id": emb.texts["id"],
-            "image_id": emb.texts["image_id"],
-            "scores": embedding_array(scores),
-        }
+    n_texts, n_images = emb.text_emb.shape[0], emb.image_emb.shape[0]
+    omitted = max(n_texts, n_images) > max_rows
+    schema = pa.schema(
+        [
+            ("text_id", pa.int64()),
+            ("image_id", pa.int64()),
+            ("scores", pa.list_(pa.float32(), n_images)),
+        ]
     )
-    write_table(
-        table, out_path, {**emb.provenance, "image_ids": emb.images["id"].to_numpy().tolist()}
-    )
+    metadata = {
+        **emb.provenance,
+        "image_ids": None if omitted else emb.images["id"].to_numpy().tolist(),
+        "omitted": omitted,
+        "max_rows": max_rows,
+        "shape": [n_texts, n_images],
+    }
+    image_t = np.ascontiguousarray(emb.image_emb.T)
+    with atomic_writer(out_path, schema, metadata) as writer:
+        if omitted:
+            log.info(
+                "%d × %d exceeds max_rows = %d: matrix not written", n_texts, n_images, max_rows
+            )
+            return
+        for start in range(0, n_texts, block_rows):
+            rows = slice(start, start + block_rows)
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        emb.texts["id"][rows].combine_chunks(),
+                        emb.texts["image_id"][rows].combine_chunks(),
+                        embedding_array(emb.text_emb[rows] @ image_t),
+                    ],
+                    schema=schema,
+                )
+            )
 
 
 def _fixed_list(values: np.ndarray, kind: pa.DataType) -> pa.FixedSizeListArray:

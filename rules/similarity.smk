@@ -10,5 +10,8 @@ rule similarity:
         "benchmarks/{dataset}/similarity/{model}.tsv"
     conda:
         "../envs/clipbench.yaml"
+    params:
+        max_rows=config["similarity"]["max_rows"],
+        block_rows=config["retrieval"]["block_rows"],
     script:
         "../scripts/similarity.py"

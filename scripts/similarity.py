@@ -2,4 +2,10 @@ from clipbench.logs import job_log
 from clipbench.stages import similarity
 
 with job_log(snakemake.log[0]):
-    similarity(snakemake.input.images, snakemake.input.texts, snakemake.output[0])
+    similarity(
+        snakemake.input.images,
+        snakemake.input.texts,
+        snakemake.output[0],
+        max_rows=snakemake.params.max_rows,
+        block_rows=snakemake.params.block_rows,
+    )

@@ -163,3 +163,19 @@ def test_perturb_hook_changes_only_what_it_touches(checkpoints, blobs):
     noisy = encode_images(enc, blobs, ids, 4, perturb=lambda im, i: add_pixel_noise(im, 0.3, 0, i))
     np.testing.assert_allclose(same, clean, atol=1e-6)
     assert np.abs(noisy - clean).max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["tiny-vit-16", "tiny-rn"])
+def test_truncated_clip_text_equals_the_padded_path(checkpoints, arch):
+    from clipbench.encoders import encode_text_truncated, truncatable
+
+    enc = load_encoder(open_clip_spec(checkpoints, arch), CPU)
+    assert truncatable(enc.model)
+    tokens = enc.tokenizer(CAPTIONS)
+    assert tokens.shape[1] == 77 and int(tokens.argmax(-1).max()) < 20
+    with torch.inference_mode():
+        padded = enc.model.encode_text(tokens)
+        short = encode_text_truncated(enc.model, tokens)
+    cosine = torch.nn.functional.cosine_similarity(padded, short, dim=-1)
+    assert cosine.min() >= 0.99999
+    torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-4)

@@ -395,3 +395,26 @@ def test_unknown_model_kind_is_rejected_before_any_job(tmp_path, checkpoints, go
     assert done.returncode != 0
     assert "'sam' is not one of ['open_clip', 'bert_resnet']" in done.stdout + done.stderr
     assert results_files(root) == [] and not (root / "logs").exists()
+
+
+def test_similarity_matrix_is_streamed_and_skipped_above_the_threshold(tmp_path):
+    from clipbench.arrow_io import write_table
+    from clipbench.encode import embedding_table, l2_normalize
+    from clipbench.stages import similarity
+
+    rng = np.random.default_rng(0)
+    images = l2_normalize(rng.standard_normal((7, 4)))
+    texts = l2_normalize(rng.standard_normal((9, 4)))
+    meta = {"model": "m", "dataset": "d"}
+    write_table(embedding_table(range(7), images), tmp_path / "i.arrow", meta)
+    owners = pa.array([0, 1, 2, 3, 4, 5, 6, 0, 1], pa.int64())
+    write_table(embedding_table(range(9), texts, image_id=owners), tmp_path / "t.arrow", meta)
+    similarity(
+        tmp_path / "i.arrow", tmp_path / "t.arrow", tmp_path / "s.arrow", max_rows=9, block_rows=2
+    )
+    table = read_table(tmp_path / "s.arrow")
+    np.testing.assert_allclose(matrix(table["scores"], 9), texts @ images.T, atol=1e-6)
+    assert table["image_id"].to_pylist() == owners.to_pylist()
+    similarity(tmp_path / "i.arrow", tmp_path / "t.arrow", tmp_path / "s.arrow", max_rows=8)
+    assert read_table(tmp_path / "s.arrow").num_rows == 0
+    assert read_metadata(tmp_path / "s.arrow")["omitted"] is True
