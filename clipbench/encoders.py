@@ -34,11 +34,29 @@ class Encoder:
     def modules(self) -> list[torch.nn.Module]:
         raise NotImplementedError
 
+    # Convolutional image towers run faster with NHWC activations (oneDNN, cuDNN).
+    channels_last = False
+
+    def image_tower(self) -> torch.nn.Module:
+        raise NotImplementedError
+
     def to(self, device: torch.device) -> Encoder:
         for module in self.modules():
             module.to(device).eval()
+        self.channels_last = any(
+            isinstance(m, torch.nn.Conv2d) and m.kernel_size != m.stride
+            for m in self.image_tower().modules()
+        )
+        if self.channels_last:
+            self.image_tower().to(memory_format=torch.channels_last)
         self.device = device
         return self
+
+    def pixels_to_device(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            return pixels.contiguous(memory_format=torch.channels_last)
+        return pixels
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -99,6 +117,9 @@ class OpenClipEncoder(Encoder):
 
     def modules(self):
         return [self.model]
+
+    def image_tower(self):
+        return self.model.visual
 
     def preprocess(self, image):
         return self._preprocess(image)
@@ -221,6 +242,9 @@ class BertResnetEncoder(Encoder):
 
     def modules(self):
         return [self.text_model, self.image_model, self.projection]
+
+    def image_tower(self):
+        return self.image_model
 
     def preprocess(self, image):
         return self.transform(image)

@@ -126,13 +126,9 @@ def _fixed_list(values: np.ndarray, kind: pa.DataType) -> pa.FixedSizeListArray:
 
 
 def per_query_table(
-    query_ids: pa.Array,
-    result: RetrievalResult,
-    k: int,
-    candidate_ids: np.ndarray,
-    candidate: str,
-    **columns,
+    result: RetrievalResult, k: int, candidate_ids: np.ndarray, candidate: str, **columns
 ) -> pa.Table:
+    """Per-query results: the id columns given, then rank, best positive score, hit, top-K."""
     return pa.table(
         {
             **columns,
@@ -201,7 +197,6 @@ def hits(
     }
     write_table(
         per_query_table(
-            emb.texts["id"],
             t2i,
             k,
             emb.images["id"].to_numpy(),
@@ -214,7 +209,6 @@ def hits(
     )
     write_table(
         per_query_table(
-            emb.images["id"],
             i2t,
             k,
             emb.texts["id"].to_numpy(),

@@ -4,11 +4,11 @@ import torch
 from PIL import Image
 
 from clipbench.demo import demo_rows
+from clipbench.embeddings import l2_normalize
 from clipbench.encode import (
     encode_images,
     encode_texts,
     fit_text_head,
-    l2_normalize,
     precision_context,
     resolve_device,
 )
@@ -179,3 +179,18 @@ def test_truncated_clip_text_equals_the_padded_path(checkpoints, arch):
     cosine = torch.nn.functional.cosine_similarity(padded, short, dim=-1)
     assert cosine.min() >= 0.99999
     torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_default_fp32_on_cpu_stays_within_1e5_of_strict_fp32(checkpoints, blobs):
+    enc = load_encoder(bert_resnet_spec(checkpoints), CPU)
+    ids = list(range(len(blobs)))
+    fast = l2_normalize(encode_images(enc, blobs, ids, 4, precision="fp32"))
+    strict = l2_normalize(encode_images(enc, blobs, ids, 4, precision="fp32-strict"))
+    assert (1 - np.sum(fast * strict, axis=1)).max() <= 1e-5
+    assert torch.get_float32_matmul_precision() == "highest"  # restored afterwards
+
+
+def test_convolutional_image_towers_run_channels_last(checkpoints):
+    assert load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU).channels_last
+    assert load_encoder(bert_resnet_spec(checkpoints), CPU).channels_last
+    assert not load_encoder(open_clip_spec(checkpoints, "tiny-vit-16"), CPU).channels_last

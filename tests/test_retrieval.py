@@ -113,3 +113,15 @@ def test_bad_k_is_a_clear_error(k):
 def test_query_without_positive_is_refused():
     with pytest.raises(ValueError, match="at least one positive"):
         next(iter_retrieval(np.ones((1, 2)), np.ones((3, 2)), np.array([7]), np.arange(3), 1))
+
+
+def test_vectorised_topk_equals_the_exact_per_row_sort():
+    from clipbench.retrieval import _topk_exact_row
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((50, 40)).astype(np.float32)
+    scores[::7, :5] = 1.0  # some rows with ties at the cut, some without
+    mask = rng.random((50, 40)) < 0.1
+    fast = topk(scores, 6, mask)
+    exact = np.stack([_topk_exact_row(scores[r], 6, mask[r]) for r in range(50)])
+    np.testing.assert_array_equal(fast, exact)

@@ -130,6 +130,7 @@ def test_demo_model_artifacts(demo, dataset, model):
     assert meta["model"] == model and meta["device"] == "cpu" and meta["precision"] == "fp32"
     assert {"torch", "open_clip_torch", "transformers"} <= set(meta["libraries"])
     assert (meta["text_head"] is not None) == model.endswith("ridge")
+    assert meta["deviation_from_strict_fp32"]["max_cosine_distance"] <= 1e-5
 
     sim = read_table(res / f"similarity/{model}.arrow")
     assert sim.num_rows == n_captions
@@ -399,7 +400,7 @@ def test_unknown_model_kind_is_rejected_before_any_job(tmp_path, checkpoints, go
 
 def test_similarity_matrix_is_streamed_and_skipped_above_the_threshold(tmp_path):
     from clipbench.arrow_io import write_table
-    from clipbench.encode import embedding_table, l2_normalize
+    from clipbench.embeddings import embedding_table, l2_normalize
     from clipbench.stages import similarity
 
     rng = np.random.default_rng(0)
