@@ -1,6 +1,6 @@
-"""The workflow's light stages (no torch): read input artifacts, call the pure logic, write
+"""The workflow's stages that need no model: read input artifacts, call the pure logic, write
 Arrow. Each takes plain paths and values, so it runs the same under Snakemake, from a test or
-from a notebook. The GPU-tagged stages live in :mod:`clipbench.encode`.
+from a notebook. The GPU-tagged stages, which load models, live in :mod:`clipbench.encode`.
 """
 
 from __future__ import annotations
