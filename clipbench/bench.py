@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -110,24 +109,25 @@ def model_cases(device: torch.device, channels_last: bool):
         visual = model.visual
         if channels_last and arch.startswith("RN"):
             visual = visual.to(memory_format=torch.channels_last)
-        yield f"clip {arch} image", "image", visual, image_input(224)
+        yield f"clip {arch} image", "image", visual, visual, image_input(224)
         if arch == "ViT-B-32":
             tokens = open_clip.get_tokenizer(arch)([CAPTION])[0].to(device)
 
             def text_input(batch, tokens=tokens):
                 return tokens.expand(batch, -1).contiguous()
 
-            yield "clip text, padded to 77", "text", model.encode_text, text_input
+            yield "clip text, padded to 77", "text", model, model.encode_text, text_input
             yield (
                 "clip text, truncated",
                 "text",
+                model,
                 lambda t, model=model: encode_text_truncated(model, t),
                 text_input,
             )
     resnet = torchvision.models.resnet50().to(device).eval()
     if channels_last:
         resnet = resnet.to(memory_format=torch.channels_last)
-    yield "torchvision resnet50", "image", resnet, image_input(224)
+    yield "torchvision resnet50", "image", resnet, resnet, image_input(224)
     bert = BertModel(BertConfig()).to(device).eval()
     n_tokens = 14  # [CLS] + the caption's word pieces + [SEP]
 
@@ -145,6 +145,7 @@ def model_cases(device: torch.device, channels_last: bool):
         yield (
             label,
             "text",
+            bert,
             lambda x, bert=bert: bert(input_ids=x[0], attention_mask=x[1]),
             bert_input,
         )
@@ -164,15 +165,22 @@ def flops_per_item(module, make_input) -> float:
 def model_throughput(
     device, batch: int, repeats: int, precision: str, channels_last: bool
 ) -> list[dict]:
+    """Each tower run as the workflow runs it at ``precision`` (see
+    :func:`clipbench.encode.precision_context`; bf16 on CPU casts the weights)."""
+    from clipbench.encode import precision_context
+
     rows = []
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    for name, kind, module, make_input in model_cases(device, channels_last):
+    cast = precision == "bf16" and device.type == "cpu"
+    for name, kind, owner, module, make_input in model_cases(device, channels_last):
         flops = flops_per_item(module, make_input)
         x = make_input(batch)
+        if cast:
+            owner.to(torch.bfloat16)
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                x = x.to(torch.bfloat16)
 
         def run(module=module, x=x):
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), precision_context(device, precision):
                 return module(x)
 
         seconds = timed(run, device, repeats)
@@ -368,7 +376,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument(
-        "--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"]
+        "--precision",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=["fp32", "fp32-strict", "bf16", "fp16"],
     )
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--hits-sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -397,7 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     peaks = {r["name"]: r["gflops"] for r in rows if r["section"] == "peak"}
     for row in rows:
         if row["section"] == "model":
-            key = "bf16" if row["precision"] != "fp32" else "fp32 matmul precision medium (oneDNN)"
+            key = {
+                "fp32": "fp32 matmul precision medium (oneDNN)",
+                "fp32-strict": "fp32 default",
+                "bf16": "bf16",
+                "fp16": "fp16",
+            }[row["precision"]]
             if key in peaks:
                 row["share_of_peak"] = row["gflops"] / peaks[key]
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "section", k != "name", k))

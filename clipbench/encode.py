@@ -70,6 +70,8 @@ def precision_context(device: torch.device, precision: str) -> contextlib.Abstra
         return matmul_precision("highest")
     if precision == "fp32":
         return matmul_precision("medium")
+    if precision == "bf16" and device.type == "cpu":
+        return contextlib.nullcontext()  # the weights are cast instead (Encoder.set_precision)
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
@@ -128,6 +130,7 @@ def encode_images(
     ``perturb(image, row_id)`` optionally alters each decoded RGB image before preprocessing.
     """
     device = encoder.device
+    encoder.set_precision(precision)
 
     def run(chunk):
         images = [(decode_image(b, i), i) for b, i in chunk]
@@ -153,6 +156,7 @@ def encode_texts(
     Batches are formed from captions of similar length, so padding to each batch's longest
     caption (BERT) or truncating to it (CLIP) wastes little work.
     """
+    encoder.set_precision(precision)
     order = np.argsort([len(t) for t in texts], kind="stable")
     features = _run_batches(
         lambda chunk: encoder.encode_texts(list(chunk)),
@@ -186,6 +190,14 @@ def caption_embeddings(head: CrossFitRidge | None, raw: np.ndarray) -> np.ndarra
 def query_embeddings(head: CrossFitRidge | None, raw: np.ndarray) -> np.ndarray:
     """Free-text queries are no dataset row: the map fitted on all rows projects them."""
     return l2_normalize(raw if head is None else head.transform(raw))
+
+
+def deviation_from(strict: np.ndarray | None, embeddings: np.ndarray) -> dict | None:
+    """Largest cosine distance between embeddings and their strict float32 counterparts."""
+    if strict is None:
+        return None
+    distance = 1.0 - np.sum(strict * embeddings[: len(strict)], axis=1)
+    return {"max_cosine_distance": float(distance.max()), "sample": len(strict)}
 
 
 @dataclass
@@ -233,13 +245,13 @@ class Session:
             perturb,
         )
 
-    def deviation_from_strict(self, images: np.ndarray, sample: int = 16) -> dict | None:
-        """Largest cosine distance between this run's image embeddings and strict float32
-        ones, on the first ``sample`` images (None when the run is strict float32 itself)."""
+    def strict_sample(self, sample: int = 16) -> np.ndarray | None:
+        """Strict float32 embeddings of the first ``sample`` images, to measure how far this
+        run's precision strays (None when the run is strict float32 itself)."""
         if self.precision == "fp32-strict":
             return None
-        n = min(sample, len(images))
-        strict = l2_normalize(
+        n = min(sample, self.images.num_rows)
+        return l2_normalize(
             encode_images(
                 self.encoder,
                 self.images["image"].to_pylist()[:n],
@@ -248,8 +260,6 @@ class Session:
                 "fp32-strict",
             )
         )
-        distance = 1.0 - np.sum(strict * images[:n], axis=1)
-        return {"max_cosine_distance": float(distance.max()), "sample": n}
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
         return encode_texts(self.encoder, texts, self.batch_size, self.precision, self.progress)
@@ -272,8 +282,9 @@ def run_encode(
     session = Session.open(
         spec, settings, dataset_path, captions_path, threads, progress, model_name
     )
+    strict = session.strict_sample()  # first: a bf16 cast of the weights is one-way
     images = l2_normalize(session.image_features())
-    deviation = session.deviation_from_strict(images)
+    deviation = deviation_from(strict, images)
     caption_raw = session.text_features(session.captions["text"].to_pylist())
     head = fit_text_head(spec, caption_raw, images, session.caption_image)
     texts = caption_embeddings(head, caption_raw)

@@ -50,10 +50,26 @@ class Encoder:
         if self.channels_last:
             self.image_tower().to(memory_format=torch.channels_last)
         self.device = device
+        self.dtype = torch.float32
         return self
 
+    def set_precision(self, precision: str) -> None:
+        """bf16 on CPU casts the weights (autocast's per-op casts make ViTs slower than fp32
+        there); everything else keeps float32 weights. The cast is one-way: bf16 weights cannot
+        give float32 results again."""
+        dtype = (
+            torch.bfloat16 if precision == "bf16" and self.device.type == "cpu" else torch.float32
+        )
+        if dtype == self.dtype:
+            return
+        if self.dtype != torch.float32:
+            raise RuntimeError("weights were cast to bf16; reload the model for float32")
+        for module in self.modules():
+            module.to(dtype)
+        self.dtype = dtype
+
     def pixels_to_device(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, non_blocking=True)
+        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         if self.channels_last:
             return pixels.contiguous(memory_format=torch.channels_last)
         return pixels

@@ -132,11 +132,20 @@ def test_device_and_precision_choices():
         precision_context(CPU, "fp16")
 
 
-def test_bf16_on_cpu_stays_close_to_fp32(checkpoints, blobs):
-    enc = load_encoder(open_clip_spec(checkpoints), CPU)
-    fp32 = l2_normalize(encode_images(enc, blobs, list(range(len(blobs))), 4))
-    bf16 = l2_normalize(encode_images(enc, blobs, list(range(len(blobs))), 4, precision="bf16"))
+@pytest.mark.parametrize("which", ["open_clip", "bert_resnet"])
+def test_bf16_on_cpu_casts_the_weights_and_stays_close_to_fp32(checkpoints, blobs, which):
+    spec = open_clip_spec(checkpoints) if which == "open_clip" else bert_resnet_spec(checkpoints)
+    enc = load_encoder(spec, CPU)
+    ids = list(range(len(blobs)))
+    fp32 = l2_normalize(encode_images(enc, blobs, ids, 4))
+    texts32 = l2_normalize(encode_texts(enc, CAPTIONS, 4))
+    bf16 = l2_normalize(encode_images(enc, blobs, ids, 4, precision="bf16"))
+    texts16 = l2_normalize(encode_texts(enc, CAPTIONS, 4, precision="bf16"))
+    assert enc.dtype == torch.bfloat16
     assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.99
+    assert np.min(np.sum(texts32 * texts16, axis=1)) > 0.99
+    with pytest.raises(RuntimeError, match="reload the model"):
+        encode_images(enc, blobs, ids, 4)  # float32 results from bf16 weights: refused
 
 
 def test_ridge_baseline_text_tower_ends_at_pooled_features(checkpoints):
