@@ -7,7 +7,9 @@ import contextlib
 import importlib.metadata
 import logging
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -88,14 +90,36 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def prepared_batches(
+    items: Sequence, batch_size: int, prepare: Callable[[Sequence], Any], workers: int
+) -> Iterator[tuple[int, Any]]:
+    """(batch length, prepare(batch)) in order. With ``workers`` > 0, threads prepare the next
+    batches (image decoding releases the GIL) while the caller runs the model on this one; at
+    most ``workers + 1`` batches are in flight, so memory stays bounded."""
+    chunks = list(batches(items, batch_size))
+    if workers == 0:
+        for chunk in chunks:
+            yield len(chunk), prepare(chunk)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(prepare, c) for c in chunks[: workers + 1])
+        for i, chunk in enumerate(chunks):
+            result = pending.popleft().result()
+            if i + workers + 1 < len(chunks):
+                pending.append(pool.submit(prepare, chunks[i + workers + 1]))
+            yield len(chunk), result
+
+
 def _run_batches(
-    fn: Callable[[Sequence], torch.Tensor],
+    model: Callable[[Any], torch.Tensor],
     items: Sequence,
     batch_size: int,
     device: torch.device,
     precision: str,
     desc: str,
     progress: IO[str] | None,
+    prepare: Callable[[Sequence], Any] = list,
+    workers: int = 0,
 ) -> np.ndarray:
     out = []
     with (
@@ -110,9 +134,9 @@ def _run_batches(
             mininterval=2.0,
         ) as bar,
     ):
-        for chunk in batches(items, batch_size):
-            out.append(fn(chunk).float().cpu().numpy())
-            bar.update(len(chunk))
+        for n, batch in prepared_batches(items, batch_size, prepare, workers):
+            out.append(model(batch).float().cpu().numpy())
+            bar.update(n)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -124,23 +148,34 @@ def encode_images(
     precision: str = "fp32",
     progress: IO[str] | None = None,
     perturb: Callable | None = None,
+    workers: int = 0,
 ) -> np.ndarray:
     """Image features (unnormalised), one row per blob, in input order.
 
-    ``perturb(image, row_id)`` optionally alters each decoded RGB image before preprocessing.
+    ``perturb(image, row_id)`` optionally alters each decoded RGB image before preprocessing;
+    ``workers`` threads decode and preprocess ahead of the model.
     """
     device = encoder.device
     encoder.set_precision(precision)
 
-    def run(chunk):
+    def prepare(chunk) -> torch.Tensor:
         images = [(decode_image(b, i), i) for b, i in chunk]
         if perturb is not None:
             images = [(perturb(image, i), i) for image, i in images]
         pixels = torch.stack([encoder.preprocess(image) for image, _ in images])
-        return encoder.encode_images(encoder.pixels_to_device(pixels))
+        # Page-locked memory lets the copy to the GPU run asynchronously.
+        return pixels.pin_memory() if device.type == "cuda" else pixels
 
     return _run_batches(
-        run, list(zip(blobs, ids, strict=True)), batch_size, device, precision, "images", progress
+        lambda pixels: encoder.encode_images(encoder.pixels_to_device(pixels)),
+        list(zip(blobs, ids, strict=True)),
+        batch_size,
+        device,
+        precision,
+        "images",
+        progress,
+        prepare,
+        workers,
     )
 
 
@@ -212,6 +247,7 @@ class Session:
     images: pa.Table
     captions: pa.Table
     progress: IO[str] | None
+    decode_workers: int = 0
 
     @classmethod
     def open(cls, spec, settings, dataset_path, captions_path, threads, progress, model_name):
@@ -227,6 +263,7 @@ class Session:
             read_table(dataset_path),
             read_table(captions_path),
             progress,
+            settings["decode_workers"],
         )
 
     @property
@@ -243,6 +280,7 @@ class Session:
             self.precision,
             self.progress,
             perturb,
+            self.decode_workers,
         )
 
     def strict_sample(self, sample: int = 16) -> np.ndarray | None:

@@ -60,7 +60,13 @@ def test_schema_fills_defaults_per_model_kind():
     assert cfg["models"]["a"] == {"kind": "open_clip", "arch": "RN50", "pretrained": "openai"}
     assert cfg["models"]["b"]["max_length"] == 512 and cfg["models"]["b"]["projection_seed"] == 0
     assert cfg["datasets"]["d"]["image_column"] == "image"
-    assert cfg["encode"] == {"device": "auto", "precision": "fp32", "batch_size": 32, "threads": 4}
+    assert cfg["encode"] == {
+        "device": "auto",
+        "precision": "fp32",
+        "batch_size": 32,
+        "decode_workers": 1,
+        "threads": 4,
+    }
     assert cfg["retrieval"]["recall_at"] == [1, 5, 10]
 
 

@@ -203,3 +203,15 @@ def test_convolutional_image_towers_run_channels_last(checkpoints):
     assert load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU).channels_last
     assert load_encoder(bert_resnet_spec(checkpoints), CPU).channels_last
     assert not load_encoder(open_clip_spec(checkpoints, "tiny-vit-16"), CPU).channels_last
+
+
+def test_images_prepared_ahead_in_threads_equal_the_inline_path(checkpoints, blobs):
+    from clipbench.encode import prepared_batches
+
+    enc = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
+    ids = list(range(len(blobs)))
+    inline = encode_images(enc, blobs, ids, 2, workers=0)
+    ahead = encode_images(enc, blobs, ids, 2, workers=2)
+    np.testing.assert_array_equal(inline, ahead)
+    order = [batch for _, batch in prepared_batches(list(range(10)), 3, list, workers=2)]
+    assert order == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
