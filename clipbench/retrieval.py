@@ -149,3 +149,27 @@ def retrieve(
         for b in iter_retrieval(query_emb, cand_emb, query_group, cand_group, k, block_rows)
     ]
     return RetrievalResult(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def text_to_image(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    caption_image: np.ndarray,
+    k: int,
+    block_rows: int = 1024,
+) -> RetrievalResult:
+    """Every caption searches all images; its positive is its own image (ids = row indices)."""
+    n_images = image_emb.shape[0]
+    return retrieve(text_emb, image_emb, caption_image, np.arange(n_images), k, block_rows)
+
+
+def image_to_text(
+    text_emb: np.ndarray,
+    image_emb: np.ndarray,
+    caption_image: np.ndarray,
+    k: int,
+    block_rows: int = 1024,
+) -> RetrievalResult:
+    """Every image searches all captions; its positives are all of its own captions."""
+    n_images = image_emb.shape[0]
+    return retrieve(image_emb, text_emb, np.arange(n_images), caption_image, k, block_rows)

@@ -30,7 +30,7 @@ from clipbench.metrics import (
     paired_bootstrap,
     summarize,
 )
-from clipbench.retrieval import RetrievalResult, retrieve, topk
+from clipbench.retrieval import RetrievalResult, image_to_text, text_to_image, topk
 
 log = logging.getLogger("clipbench")
 DIRECTIONS = ("text_to_image", "image_to_text")
@@ -65,16 +65,10 @@ class Embeddings:
         return {"model": self.meta["model"], "dataset": self.meta["dataset"]}
 
     def text_to_image(self, k: int, block_rows: int) -> RetrievalResult:
-        n = self.image_emb.shape[0]
-        return retrieve(
-            self.text_emb, self.image_emb, self.caption_image, np.arange(n), k, block_rows
-        )
+        return text_to_image(self.text_emb, self.image_emb, self.caption_image, k, block_rows)
 
     def image_to_text(self, k: int, block_rows: int) -> RetrievalResult:
-        n = self.image_emb.shape[0]
-        return retrieve(
-            self.image_emb, self.text_emb, np.arange(n), self.caption_image, k, block_rows
-        )
+        return image_to_text(self.text_emb, self.image_emb, self.caption_image, k, block_rows)
 
 
 def similarity(
@@ -296,9 +290,9 @@ def non_matched_scores(emb: Embeddings, max_pairs: int, seed: int) -> np.ndarray
     while there are at most ``max_pairs``, else a seeded uniform sample of that many."""
     n_texts, n_images = emb.text_emb.shape[0], emb.image_emb.shape[0]
     if n_texts * (n_images - 1) <= max_pairs:
-        scores = emb.text_emb @ emb.image_emb.T
-        scores[np.arange(n_texts), emb.caption_image] = np.nan
-        return scores[~np.isnan(scores)]
+        other = np.ones((n_texts, n_images), bool)
+        other[np.arange(n_texts), emb.caption_image] = False
+        return (emb.text_emb @ emb.image_emb.T)[other]
     rng = np.random.default_rng(seed)
     text = rng.integers(0, n_texts, max_pairs)
     # Uniform over the n−1 other images: draw from n−1 slots, skip over the own image.
