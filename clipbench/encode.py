@@ -29,7 +29,7 @@ from clipbench.encoders import Encoder, load_encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
 from clipbench.metrics import summarize
-from clipbench.retrieval import image_to_text, text_to_image
+from clipbench.retrieval import retrieve_both
 from clipbench.ridge import CrossFitRidge
 from clipbench.robustness import add_pixel_noise, add_typos
 
@@ -358,8 +358,7 @@ def run_encode(
 
 def recall_rows(text_emb, image_emb, caption_image, k, recall_at) -> list[tuple[str, str, float]]:
     """(direction, metric, value) for hits@K and R@k in both directions."""
-    t2i = text_to_image(text_emb, image_emb, caption_image, k)
-    i2t = image_to_text(text_emb, image_emb, caption_image, k)
+    t2i, i2t = retrieve_both(text_emb, image_emb, caption_image, k)
     rows = []
     for direction, result in (("text_to_image", t2i), ("image_to_text", i2t)):
         summary = summarize(result.rank, k, recall_at)

@@ -13,7 +13,8 @@ positive is in the top-K list" and "rank ≤ K" always agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,20 +22,9 @@ import torch
 
 from clipbench.errors import InputError
 
-# 16M scores per block: 64 MB of float32, whatever the number of candidates.
-BLOCK_ELEMENTS = 1 << 24
-
-
-@dataclass(frozen=True)
-class RetrievalBlock:
-    """Results for a contiguous block of queries (rows of the similarity matrix)."""
-
-    start: int
-    scores: np.ndarray  # (b, n_candidates) float32 cosine similarities
-    rank: np.ndarray  # (b,) int64, 1 = best
-    positive_score: np.ndarray  # (b,) float32, the best positive's score
-    topk_index: np.ndarray  # (b, k) int64 indices into the candidates
-    topk_score: np.ndarray  # (b, k) float32
+# 4M scores per tile: 16 MB of float32, which stays in a typical L3 cache while the tile's
+# counts and top-K candidates are read off it.
+TILE_SCORES = 1 << 22
 
 
 def check_k(k: int, n_candidates: int) -> None:
@@ -76,48 +66,6 @@ def topk(scores: np.ndarray, k: int, positive: np.ndarray | None = None) -> np.n
     return out
 
 
-def block_results(scores: np.ndarray, positive: np.ndarray, k: int, start: int = 0):
-    """Ranks and top-K for a block of score rows with a boolean positive mask."""
-    if not positive.any(axis=1).all():
-        raise ValueError("every query needs at least one positive candidate")
-    best = np.where(positive, scores, -np.inf).max(axis=1)
-    rank = 1 + ((scores >= best[:, None]) & ~positive).sum(axis=1)
-    idx = topk(scores, k, positive)
-    return RetrievalBlock(
-        start,
-        scores,
-        rank.astype(np.int64),
-        best.astype(np.float32),
-        idx,
-        np.take_along_axis(scores, idx, axis=1).astype(np.float32),
-    )
-
-
-def iter_retrieval(
-    query_emb: np.ndarray,
-    cand_emb: np.ndarray,
-    query_group: np.ndarray,
-    cand_group: np.ndarray,
-    k: int,
-    block_rows: int = 1024,
-) -> Iterator[RetrievalBlock]:
-    """Stream query blocks so memory stays O(block_rows × n_candidates), never N×N at once."""
-    query_group, cand_group = np.asarray(query_group), np.asarray(cand_group)
-    check_k(k, cand_emb.shape[0])
-    if query_group.shape != (query_emb.shape[0],) or cand_group.shape != (cand_emb.shape[0],):
-        raise ValueError("one group id per query and per candidate")
-    # torch's matmul (MKL/oneDNN, all cores) outpaces numpy's bundled BLAS here.
-    cand_t = torch.from_numpy(np.ascontiguousarray(cand_emb.T, dtype=np.float32))
-    queries = torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32))
-    # Cap a block's score matrix (and its same-sized temporaries) at BLOCK_ELEMENTS entries.
-    block_rows = max(1, min(block_rows, BLOCK_ELEMENTS // max(1, cand_emb.shape[0])))
-    for start in range(0, query_emb.shape[0], block_rows):
-        stop = start + block_rows
-        scores = (queries[start:stop] @ cand_t).numpy()
-        positive = query_group[start:stop, None] == cand_group[None, :]
-        yield block_results(scores, positive, k, start)
-
-
 def ranks_from_scores(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """Reference (dense, unblocked) rank per row, same tie rule; ``positive`` is a mask."""
     scores = np.asarray(scores)
@@ -129,47 +77,164 @@ def ranks_from_scores(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
 class RetrievalResult:
     """Per-query results of a whole retrieval run (no score matrix kept)."""
 
-    rank: np.ndarray
-    positive_score: np.ndarray
-    topk_index: np.ndarray
-    topk_score: np.ndarray
+    rank: np.ndarray  # (n_queries,) int64, 1 = best
+    positive_score: np.ndarray  # (n_queries,) float32, the best positive's score
+    topk_index: np.ndarray  # (n_queries, k) int64 indices into the candidates
+    topk_score: np.ndarray  # (n_queries, k) float32
 
 
-def retrieve(
-    query_emb: np.ndarray,
-    cand_emb: np.ndarray,
-    query_group: np.ndarray,
-    cand_group: np.ndarray,
-    k: int,
-    block_rows: int = 1024,
-) -> RetrievalResult:
-    """Concatenated block results; memory O(block_rows × n_candidates + n_queries × k)."""
-    parts = [
-        (b.rank, b.positive_score, b.topk_index, b.topk_score)
-        for b in iter_retrieval(query_emb, cand_emb, query_group, cand_group, k, block_rows)
-    ]
-    return RetrievalResult(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+class RunningTopK:
+    """The k best candidates per query seen so far, in the module's order, fed tile by tile."""
+
+    def __init__(self, n_queries: int, k: int):
+        self.k = k
+        self.score = np.full((n_queries, k), -np.inf, np.float32)
+        self.index = np.full((n_queries, k), -1, np.int64)  # -1: slot still empty
+        self.positive = np.zeros((n_queries, k), bool)
+
+    def threshold(self, queries: slice) -> np.ndarray:
+        """Per query, the lowest score that can still enter (−inf while a slot is empty)."""
+        return self.score[queries, -1]
+
+    def offer(self, query, cand, score, positive) -> None:
+        """Merge candidate entries (flat arrays) into the lists of the queries they name."""
+        if query.size == 0:
+            return
+        touched = np.unique(query)
+        held = self.index[touched] >= 0
+        query = np.concatenate([np.repeat(touched, held.sum(axis=1)), query])
+        cand = np.concatenate([self.index[touched][held], cand])
+        score = np.concatenate([self.score[touched][held], score])
+        positive = np.concatenate([self.positive[touched][held], positive])
+        # lexsort: last key is primary → query, score desc, positives last, candidate asc.
+        order = np.lexsort((cand, positive, -score, query))
+        query, cand, score, positive = query[order], cand[order], score[order], positive[order]
+        first = np.searchsorted(query, query, side="left")
+        slot = np.arange(query.size) - first
+        keep = slot < self.k
+        at = query[keep], slot[keep]
+        self.score[at], self.index[at], self.positive[at] = score[keep], cand[keep], positive[keep]
 
 
-def text_to_image(
+def _tile_candidates(scores: torch.Tensor, floor: np.ndarray, k: int, dim: int):
+    """(query, candidate) positions in a tile of the entries that may enter the top-k lists
+    of the queries along ``dim`` (0: rows are queries, 1: columns are).
+
+    On a query's first tile (``floor`` −inf) that is its top k plus any ties at the cut; after
+    that, the entries reaching its current k-th best (rarely more than a few).
+    """
+    across = 1 - dim
+    if np.isneginf(floor).all():
+        floor = torch.topk(scores, min(k, scores.shape[across]), dim=across).values
+        floor = floor.select(across, -1).numpy()
+    floor = torch.from_numpy(np.ascontiguousarray(floor))
+    # A maximum per query is one cheap pass; only the few queries reaching their floor are
+    # searched entry by entry.
+    (reaching,) = torch.nonzero(scores.amax(dim=across) >= floor, as_tuple=True)
+    sub = scores.index_select(dim, reaching)
+    found = torch.nonzero(sub >= floor[reaching].unsqueeze(across), as_tuple=True)
+    query, cand = found if dim == 0 else found[::-1]
+    return reaching[query].numpy(), cand.numpy()
+
+
+def _tensor(matrix: np.ndarray) -> torch.Tensor:
+    """A float32 tensor sharing the array's memory; read-only arrays (memory-mapped
+    embeddings) are fine because nothing here writes to them."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(matrix)
+
+
+def retrieve_both(
     text_emb: np.ndarray,
     image_emb: np.ndarray,
     caption_image: np.ndarray,
     k: int,
-    block_rows: int = 1024,
-) -> RetrievalResult:
-    """Every caption searches all images; its positive is its own image (ids = row indices)."""
-    n_images = image_emb.shape[0]
-    return retrieve(text_emb, image_emb, caption_image, np.arange(n_images), k, block_rows)
+    tile_scores: int = TILE_SCORES,
+) -> tuple[RetrievalResult, RetrievalResult]:
+    """Text→image (each caption searches all images, its own image is the positive) and
+    image→text (each image searches all captions, its own captions are positives) from one
+    pass over the caption × image score matrix, tile by tile.
 
+    Memory is O(tile_scores + (n_texts + n_images) × k); the matrix is never held. Every score
+    is computed once and serves both directions. Captions are visited grouped by image and the
+    diagonal tiles (which hold every positive pair) come first, so each query's best positive
+    score is known, exactly as the tile computed it, before any of its rank counts are made.
+    """
+    caption_image = np.asarray(caption_image, dtype=np.int64)
+    n_texts, n_images = text_emb.shape[0], image_emb.shape[0]
+    check_k(k, n_images)
+    check_k(k, n_texts)
+    if caption_image.shape != (n_texts,):
+        raise ValueError("one image id per caption")
+    if caption_image.min(initial=0) < 0 or caption_image.max(initial=0) >= n_images:
+        raise ValueError("caption image ids must be image row indices")
+    captions_per_image = np.bincount(caption_image, minlength=n_images)
+    if (captions_per_image == 0).any():
+        raise ValueError("every query needs at least one positive candidate")
 
-def image_to_text(
-    text_emb: np.ndarray,
-    image_emb: np.ndarray,
-    caption_image: np.ndarray,
-    k: int,
-    block_rows: int = 1024,
-) -> RetrievalResult:
-    """Every image searches all captions; its positives are all of its own captions."""
-    n_images = image_emb.shape[0]
-    return retrieve(image_emb, text_emb, np.arange(n_images), caption_image, k, block_rows)
+    order = np.argsort(caption_image, kind="stable")  # captions grouped by image
+    own = caption_image[order]
+    grouped = bool((order == np.arange(n_texts)).all())  # usual: no copy needed
+    texts = _tensor(text_emb if grouped else text_emb[order])
+    images = _tensor(image_emb)
+    # Square-ish tiles: `width` images by the captions of `width` images.
+    width = max(1, min(n_images, int(math.sqrt(tile_scores * n_images / n_texts))))
+    image_cuts = np.arange(0, n_images + width, width).clip(max=n_images)
+    caption_cuts = np.searchsorted(own, image_cuts)
+    tiles = len(image_cuts) - 1
+    largest = int(np.diff(caption_cuts).max()) * width
+    buffer = torch.empty(largest, dtype=torch.float32)  # reused: no 64 MB page faults per tile
+
+    positive_score = np.empty(n_texts, np.float32)  # sorted caption order
+    best = np.full(n_images, -np.inf, np.float32)
+    count_t = np.zeros(n_texts, np.int64)  # entries ≥ the caption's positive score
+    count_i = np.zeros(n_images, np.int64)  # entries ≥ the image's best positive score
+    top_t, top_i = RunningTopK(n_texts, k), RunningTopK(n_images, k)
+
+    def visit(a: int, b: int) -> None:
+        rows = slice(caption_cuts[a], caption_cuts[a + 1])
+        cols = slice(image_cuts[b], image_cuts[b + 1])
+        n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+        scores = buffer[: n_rows * n_cols].view(n_rows, n_cols)
+        torch.matmul(texts[rows], images[cols].T, out=scores)
+        values = scores.numpy()
+        local = own[rows] - cols.start
+        if a == b:  # the diagonal tile holds all positives of these rows and columns
+            positive_score[rows] = values[np.arange(n_rows), local]
+            np.maximum.at(best, own[rows], positive_score[rows])
+        count_t[rows] += (
+            (scores >= torch.from_numpy(positive_score[rows])[:, None])
+            .sum(1, dtype=torch.int32)
+            .numpy()
+        )
+        count_i[cols] += (
+            (scores >= torch.from_numpy(best[cols])[None, :]).sum(0, dtype=torch.int32).numpy()
+        )
+        r, c = _tile_candidates(scores, top_t.threshold(rows), k, dim=0)
+        top_t.offer(r + rows.start, c + cols.start, values[r, c], (a == b) & (local[r] == c))
+        c, r = _tile_candidates(scores, top_i.threshold(cols), k, dim=1)
+        top_i.offer(c + cols.start, order[r + rows.start], values[r, c], (a == b) & (local[r] == c))
+
+    for a in range(tiles):
+        visit(a, a)
+    for a in range(tiles):
+        for b in range(tiles):
+            if a != b:
+                visit(a, b)
+
+    # Counts include the positives reaching the threshold: a caption's own (always), an
+    # image's own captions at or above its best.
+    own_at_best = np.bincount(own, weights=positive_score >= best[own], minlength=n_images)
+    restore = np.argsort(order)
+    t2i = RetrievalResult(
+        count_t[restore],
+        positive_score[restore],
+        top_t.index[restore],
+        top_t.score[restore],
+    )
+    i2t = RetrievalResult(
+        1 + count_i - own_at_best.astype(np.int64), best, top_i.index, top_i.score
+    )
+    return t2i, i2t

@@ -30,7 +30,7 @@ from clipbench.metrics import (
     paired_bootstrap,
     summarize,
 )
-from clipbench.retrieval import RetrievalResult, image_to_text, text_to_image, topk
+from clipbench.retrieval import TILE_SCORES, RetrievalResult, retrieve_both, topk
 
 log = logging.getLogger("clipbench")
 DIRECTIONS = ("text_to_image", "image_to_text")
@@ -64,15 +64,13 @@ class Embeddings:
     def provenance(self) -> dict[str, Any]:
         return {"model": self.meta["model"], "dataset": self.meta["dataset"]}
 
-    def text_to_image(self, k: int, block_rows: int) -> RetrievalResult:
-        return text_to_image(self.text_emb, self.image_emb, self.caption_image, k, block_rows)
-
-    def image_to_text(self, k: int, block_rows: int) -> RetrievalResult:
-        return image_to_text(self.text_emb, self.image_emb, self.caption_image, k, block_rows)
+    def retrieve(self, k: int, tile_scores: int) -> tuple[RetrievalResult, RetrievalResult]:
+        """(text→image, image→text) from one pass over the score matrix."""
+        return retrieve_both(self.text_emb, self.image_emb, self.caption_image, k, tile_scores)
 
 
 def similarity(
-    images_path: str, texts_path: str, out_path: str, max_rows: int, block_rows: int = 1024
+    images_path: str, texts_path: str, out_path: str, max_rows: int, tile_scores: int = TILE_SCORES
 ) -> None:
     """The caption × image cosine matrix, one row per caption, columns in image-id order,
     streamed block by block. Above ``max_rows`` captions or images the matrix is not written
@@ -101,6 +99,7 @@ def similarity(
                 "%d × %d exceeds max_rows = %d: matrix not written", n_texts, n_images, max_rows
             )
             return
+        block_rows = max(1, tile_scores // max(1, n_images))
         for start in range(0, n_texts, block_rows):
             rows = slice(start, start + block_rows)
             writer.write_batch(
@@ -176,14 +175,13 @@ def hits(
     out_t2i: str,
     out_i2t: str,
     out_metrics: str,
-    block_rows: int = 1024,
+    tile_scores: int = TILE_SCORES,
 ) -> None:
     """Per-query ranks and top-K in both directions, and the metrics with intervals."""
     emb = Embeddings(images_path, texts_path)
     n_images, n_texts = emb.image_emb.shape[0], emb.text_emb.shape[0]
     captions_per_image = np.bincount(emb.caption_image, minlength=n_images)
-    t2i = emb.text_to_image(k, block_rows)
-    i2t = emb.image_to_text(k, block_rows)
+    t2i, i2t = emb.retrieve(k, tile_scores)
     provenance = {
         **emb.provenance,
         "k": k,

@@ -15,7 +15,7 @@ rule hits:
     params:
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],
-        block_rows=config["retrieval"]["block_rows"],
+        tile_scores=config["retrieval"]["tile_scores"],
         bootstrap=canonical(config["retrieval"]["bootstrap"]),
     script:
         "../scripts/hits.py"

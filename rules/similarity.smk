@@ -12,6 +12,6 @@ rule similarity:
         "../envs/clipbench.yaml"
     params:
         max_rows=config["similarity"]["max_rows"],
-        block_rows=config["retrieval"]["block_rows"],
+        tile_scores=config["retrieval"]["tile_scores"],
     script:
         "../scripts/similarity.py"

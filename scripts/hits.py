@@ -13,5 +13,5 @@ with job_log(snakemake.log[0]):
         out_t2i=snakemake.output.t2i,
         out_i2t=snakemake.output.i2t,
         out_metrics=snakemake.output.metrics,
-        block_rows=snakemake.params.block_rows,
+        tile_scores=snakemake.params.tile_scores,
     )

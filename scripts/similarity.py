@@ -7,5 +7,5 @@ with job_log(snakemake.log[0]):
         snakemake.input.texts,
         snakemake.output[0],
         max_rows=snakemake.params.max_rows,
-        block_rows=snakemake.params.block_rows,
+        tile_scores=snakemake.params.tile_scores,
     )

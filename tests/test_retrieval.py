@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clipbench.errors import InputError
-from clipbench.retrieval import iter_retrieval, ranks_from_scores, retrieve, topk
+from clipbench.retrieval import ranks_from_scores, retrieve_both, topk
 
 
 def unit(m):
@@ -14,15 +14,6 @@ def one_positive(positive, n):
     mask = np.zeros((len(positive), n), bool)
     mask[np.arange(len(positive)), positive] = True
     return mask
-
-
-def test_similarity_is_cosine_of_normalised_rows():
-    texts = unit([[1, 0], [1, 1]])
-    images = unit([[1, 0], [0, 1], [-1, 0]])
-    block = next(iter_retrieval(texts, images, np.array([0, 1]), np.arange(3), k=2))
-    np.testing.assert_allclose(
-        block.scores, [[1, 0, -1], [0.70710677, 0.70710677, -0.70710677]], atol=1e-6
-    )
 
 
 def test_text_to_image_ranks_and_topk_hand_computed():
@@ -55,13 +46,12 @@ def test_image_to_text_with_several_captions_hand_computed():
     assert ranks_from_scores(scores, mask).tolist() == [3, 1]
     # Own captions go after others of equal score, so caption 3 precedes caption 1.
     assert topk(scores, 3, mask).tolist() == [[2, 3, 1], [3, 4, 0]]
-    block = next(
-        iter_retrieval(
-            np.eye(2, dtype=np.float32), scores.T.copy(), np.arange(2), caption_image, k=3
-        )
-    )
-    assert block.rank.tolist() == [3, 1]
-    np.testing.assert_allclose(block.positive_score, [0.7, 0.6])
+    # The same through the tiled pass: rows of `scores` are images, so images = I, texts = Sᵀ.
+    t2i, i2t = retrieve_both(scores.T.copy(), np.eye(2, dtype=np.float32), caption_image, k=2)
+    assert i2t.rank.tolist() == [3, 1]
+    assert i2t.topk_index.tolist() == [[2, 3], [3, 4]]
+    np.testing.assert_allclose(i2t.positive_score, [0.7, 0.6])
+    np.testing.assert_allclose(t2i.positive_score, [0.2, 0.7, 0.1, 0.6, 0.5])
 
 
 def test_positive_in_topk_iff_rank_at_most_k():
@@ -80,26 +70,50 @@ def test_topk_orders_by_score_then_candidate_order():
     assert topk(np.array([[0.1, 0.7, 0.3, 0.7, 0.9]]), 4).tolist() == [[4, 1, 3, 2]]
 
 
-@pytest.mark.parametrize("direction", ["t2i", "i2t"])
-def test_blocked_equals_dense(direction):
+def dense_reference(texts, images, caption_image, k):
+    """Both directions from the whole matrix at once, with the module's reference helpers."""
+    scores = texts @ images.T
+    t2i_mask = caption_image[:, None] == np.arange(len(images))[None, :]
+    results = []
+    for s, mask in ((scores, t2i_mask), (scores.T.copy(), t2i_mask.T.copy())):
+        idx = topk(s, k, mask)
+        best = np.where(mask, s, -np.inf).max(axis=1)
+        results.append((ranks_from_scores(s, mask), best, idx, np.take_along_axis(s, idx, 1)))
+    return results
+
+
+@pytest.mark.parametrize("tile_scores", [1, 7, 60, 1 << 22])
+@pytest.mark.parametrize("ties", [False, True])
+def test_tiled_single_pass_equals_dense_reference(tile_scores, ties):
     rng = np.random.default_rng(2)
-    images = unit(rng.standard_normal((29, 8)))
-    texts = unit(rng.standard_normal((37, 8)))
-    caption_image = rng.integers(0, 29, size=37)
-    caption_image[:29] = np.arange(29)  # every image has at least one caption
-    if direction == "t2i":
-        args = (texts, images, caption_image, np.arange(29))
+    if ties:  # small integer vectors: exact dot products in any summation order, many ties
+        images = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)
+        texts = rng.integers(-1, 2, size=(53, 3)).astype(np.float32)
+        texts[:3] = images[0]  # captions identical to their image and to each other
     else:
-        args = (images, texts, np.arange(29), caption_image)
-    dense = next(iter_retrieval(*args, 5, block_rows=10_000))
-    blocks = list(iter_retrieval(*args, 5, block_rows=4))
-    np.testing.assert_array_equal(np.concatenate([b.rank for b in blocks]), dense.rank)
-    np.testing.assert_array_equal(np.concatenate([b.topk_index for b in blocks]), dense.topk_index)
-    mask = args[2][:, None] == args[3][None, :]
-    np.testing.assert_array_equal(dense.rank, ranks_from_scores(args[0] @ args[1].T, mask))
-    whole = retrieve(*args, 5, block_rows=3)
-    np.testing.assert_array_equal(whole.rank, dense.rank)
-    np.testing.assert_array_equal(whole.topk_index, dense.topk_index)
+        images = unit(rng.standard_normal((29, 8)))
+        texts = unit(rng.standard_normal((53, 8)))
+    caption_image = rng.integers(0, 29, size=53)
+    caption_image[:3] = 0
+    caption_image[3 + rng.permutation(50)[:28]] = np.arange(1, 29)  # every image has a caption
+    got = retrieve_both(texts, images, caption_image, 5, tile_scores=tile_scores)
+    for result, (rank, best, idx, top_score) in zip(
+        got, dense_reference(texts, images, caption_image, 5), strict=True
+    ):
+        np.testing.assert_array_equal(result.rank, rank)
+        np.testing.assert_array_equal(result.topk_index, idx)
+        np.testing.assert_allclose(result.positive_score, best, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(result.topk_score, top_score, rtol=0, atol=1e-6)
+
+
+def test_a_constant_model_ranks_every_query_last():
+    texts, images = np.ones((6, 4), np.float32), np.ones((3, 4), np.float32)
+    caption_image = np.array([0, 0, 1, 1, 2, 2])
+    t2i, i2t = retrieve_both(texts, images, caption_image, 2, tile_scores=2)
+    assert t2i.rank.tolist() == [3] * 6
+    assert i2t.rank.tolist() == [5] * 3  # 4 other captions tie with the best own one
+    assert t2i.topk_index.tolist() == [[1, 2], [1, 2], [0, 2], [0, 2], [0, 1], [0, 1]]
+    assert i2t.topk_index.tolist() == [[2, 3], [0, 1], [0, 1]]
 
 
 @pytest.mark.parametrize("k", [0, -1, 5])
@@ -107,12 +121,12 @@ def test_bad_k_is_a_clear_error(k):
     with pytest.raises(InputError, match="top-K"):
         topk(np.zeros((2, 4)), k)
     with pytest.raises(InputError, match="top-K"):
-        next(iter_retrieval(np.ones((2, 3)), np.ones((4, 3)), np.array([0, 1]), np.arange(4), k))
+        retrieve_both(np.ones((4, 3)), np.ones((4, 3)), np.arange(4), k)
 
 
 def test_query_without_positive_is_refused():
     with pytest.raises(ValueError, match="at least one positive"):
-        next(iter_retrieval(np.ones((1, 2)), np.ones((3, 2)), np.array([7]), np.arange(3), 1))
+        retrieve_both(np.ones((2, 2)), np.ones((3, 2)), np.array([0, 1]), 1)
 
 
 def test_vectorised_topk_equals_the_exact_per_row_sort():

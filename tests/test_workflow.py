@@ -411,7 +411,7 @@ def test_similarity_matrix_is_streamed_and_skipped_above_the_threshold(tmp_path)
     owners = pa.array([0, 1, 2, 3, 4, 5, 6, 0, 1], pa.int64())
     write_table(embedding_table(range(9), texts, image_id=owners), tmp_path / "t.arrow", meta)
     similarity(
-        tmp_path / "i.arrow", tmp_path / "t.arrow", tmp_path / "s.arrow", max_rows=9, block_rows=2
+        tmp_path / "i.arrow", tmp_path / "t.arrow", tmp_path / "s.arrow", max_rows=9, tile_scores=14
     )
     table = read_table(tmp_path / "s.arrow")
     np.testing.assert_allclose(matrix(table["scores"], 9), texts @ images.T, atol=1e-6)
