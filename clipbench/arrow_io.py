@@ -40,16 +40,21 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_writer(
-    path: str | os.PathLike, schema: pa.Schema, metadata: Mapping | None = None
+    path: str | os.PathLike,
+    schema: pa.Schema,
+    metadata: Mapping | None = None,
+    compression: str | None = None,
 ) -> Iterator[pa.ipc.RecordBatchFileWriter]:
-    """An Arrow IPC file writer whose file appears at ``path`` only once it is complete."""
+    """An Arrow IPC file writer whose file appears at ``path`` only once it is complete.
+    ``compression`` (lz4/zstd buffers) is for bulky intermediates read batch by batch."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         schema = schema.with_metadata({**(schema.metadata or {}), **encode_metadata(metadata)})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        options = pa.ipc.IpcWriteOptions(compression=compression)
+        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
             yield writer
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)

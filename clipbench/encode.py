@@ -29,6 +29,7 @@ from clipbench.encoders import Encoder, load_encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
 from clipbench.metrics import summarize
+from clipbench.pixels import StoredPixels
 from clipbench.retrieval import retrieve_both
 from clipbench.ridge import CrossFitRidge
 from clipbench.robustness import add_pixel_noise, add_typos
@@ -149,26 +150,35 @@ def encode_images(
     progress: IO[str] | None = None,
     perturb: Callable | None = None,
     workers: int = 0,
+    stored: StoredPixels | None = None,
 ) -> np.ndarray:
     """Image features (unnormalised), one row per blob, in input order.
 
     ``perturb(image, row_id)`` optionally alters each decoded RGB image before preprocessing;
-    ``workers`` threads decode and preprocess ahead of the model.
+    ``workers`` threads decode and preprocess ahead of the model. With ``stored`` pixels (this
+    encoder's geometry, already applied to these rows) only the cheap tensor step is left.
     """
     device = encoder.device
     encoder.set_precision(precision)
+    if stored is not None and (perturb is not None or not stored.usable_by(encoder, ids)):
+        raise ValueError("stored pixels were made for another geometry or other rows")
+
+    def tensor(row: int, blob: bytes, row_id: int) -> torch.Tensor:
+        if stored is not None:
+            return encoder.finish(stored.image(row))
+        image = decode_image(blob, row_id)
+        if perturb is not None:
+            image = perturb(image, row_id)
+        return encoder.preprocess(image)
 
     def prepare(chunk) -> torch.Tensor:
-        images = [(decode_image(b, i), i) for b, i in chunk]
-        if perturb is not None:
-            images = [(perturb(image, i), i) for image, i in images]
-        pixels = torch.stack([encoder.preprocess(image) for image, _ in images])
+        pixels = torch.stack([tensor(*item) for item in chunk])
         # Page-locked memory lets the copy to the GPU run asynchronously.
         return pixels.pin_memory() if device.type == "cuda" else pixels
 
     return _run_batches(
         lambda pixels: encoder.encode_images(encoder.pixels_to_device(pixels)),
-        list(zip(blobs, ids, strict=True)),
+        list(zip(range(len(ids)), blobs, ids, strict=True)),
         batch_size,
         device,
         precision,
@@ -248,22 +258,45 @@ class Session:
     captions: pa.Table
     progress: IO[str] | None
     decode_workers: int = 0
+    stored: StoredPixels | None = None
 
     @classmethod
-    def open(cls, spec, settings, dataset_path, captions_path, threads, progress, model_name):
+    def open(
+        cls,
+        spec,
+        settings,
+        dataset_path,
+        captions_path,
+        threads,
+        progress,
+        model_name,
+        pixels_path=None,
+    ):
         torch.set_num_threads(threads)
         device = resolve_device(settings["device"])
         precision_context(device, settings["precision"])  # fail fast on an impossible combo
         log.info("loading %s on %s (%s)", model_name, device, settings["precision"])
+        encoder = load_encoder(spec, device)
+        images = read_table(dataset_path)
+        stored = StoredPixels(pixels_path) if pixels_path else None
+        if stored is not None and not stored.usable_by(encoder, images["id"].to_numpy()):
+            log.warning(
+                "%s: shared pixels were made with %r, this model needs %r: decoding itself",
+                model_name,
+                stored.geometry_key,
+                encoder.geometry_key,
+            )
+            stored = None
         return cls(
-            load_encoder(spec, device),
+            encoder,
             device,
             settings["precision"],
             settings["batch_size"],
-            read_table(dataset_path),
+            images,
             read_table(captions_path),
             progress,
             settings["decode_workers"],
+            stored,
         )
 
     @property
@@ -281,6 +314,7 @@ class Session:
             self.progress,
             perturb,
             self.decode_workers,
+            None if perturb else self.stored,
         )
 
     def strict_sample(self, sample: int = 16) -> np.ndarray | None:
@@ -296,7 +330,7 @@ class Session:
                 self.images["id"].to_pylist()[:n],
                 self.batch_size,
                 "fp32-strict",
-            )
+            )  # decoded here: a check of the whole path, shared pixels included
         )
 
     def text_features(self, texts: Sequence[str]) -> np.ndarray:
@@ -315,10 +349,12 @@ def run_encode(
     out_queries: str,
     threads: int,
     progress: IO[str] | None = None,
+    pixels_path: str | None = None,
 ) -> None:
-    """Encode both towers (and the configured free-text queries) with one loaded model."""
+    """Encode both towers (and the configured free-text queries) with one loaded model;
+    ``pixels_path``: the dataset's images already decoded by this model's geometry."""
     session = Session.open(
-        spec, settings, dataset_path, captions_path, threads, progress, model_name
+        spec, settings, dataset_path, captions_path, threads, progress, model_name, pixels_path
     )
     strict = session.strict_sample()  # first: a bf16 cast of the weights is one-way
     images = l2_normalize(session.image_features())
@@ -340,6 +376,8 @@ def run_encode(
         "libraries": library_versions(),
         "text_head": head.describe() if head else None,
         "deviation_from_strict_fp32": deviation,
+        "image_geometry": session.encoder.geometry_key,
+        "shared_pixels": session.stored is not None,
     }
     write_table(embedding_table(session.images["id"].to_pylist(), images), out_images, metadata)
     write_table(

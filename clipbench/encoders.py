@@ -21,9 +21,20 @@ class Encoder:
     """Maps PIL images and caption strings into one embedding space (unnormalised)."""
 
     kind: str
+    # Describes `geometry` exactly; images prepared once by it can be shared by every model with
+    # the same key (None: not shareable).
+    geometry_key: str | None = None
+
+    def geometry(self, image: Image.Image) -> Image.Image:
+        """The resize/crop part of preprocessing: RGB PIL image in, PIL image out."""
+        raise NotImplementedError
+
+    def finish(self, image: Image.Image) -> torch.Tensor:
+        """The rest of preprocessing, on `geometry`'s output: to a normalised tensor."""
+        raise NotImplementedError
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        raise NotImplementedError
+        return self.finish(self.geometry(image))
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -95,16 +106,7 @@ class OpenClipEncoder(Encoder):
         import open_clip
 
         arch = spec["arch"]
-        if spec.get("model_config"):
-            config_path = Path(spec["model_config"])
-            if not config_path.is_file():
-                raise InputError(f"model_config {config_path} does not exist")
-            if config_path.stem != arch:
-                raise InputError(
-                    f"model_config {config_path} registers architecture {config_path.stem!r}, "
-                    f"but the model asks for arch {arch!r}; name the file <arch>.json"
-                )
-            open_clip.add_model_config(config_path)
+        register_model_config(spec)
         pretrained = spec.get("checkpoint") or spec.get("pretrained")
         if spec.get("checkpoint") and not Path(spec["checkpoint"]).is_file():
             raise InputError(f"checkpoint {spec['checkpoint']} does not exist")
@@ -128,7 +130,8 @@ class OpenClipEncoder(Encoder):
                 f"cannot load open_clip {arch!r}/{pretrained}: {text}. {OFFLINE_HINT}"
             ) from exc
         self.model = model
-        self._preprocess = preprocess
+        self.library_preprocess = preprocess
+        self._geometry, self._finish, self.geometry_key = split_geometry(preprocess)
         self.tokenizer = open_clip.get_tokenizer(arch)
 
     def modules(self):
@@ -137,8 +140,11 @@ class OpenClipEncoder(Encoder):
     def image_tower(self):
         return self.model.visual
 
-    def preprocess(self, image):
-        return self._preprocess(image)
+    def geometry(self, image):
+        return self._geometry(image)
+
+    def finish(self, image):
+        return self._finish(image)
 
     def encode_images(self, pixels):
         return self.model.encode_image(pixels)
@@ -148,6 +154,43 @@ class OpenClipEncoder(Encoder):
         if truncatable(self.model):
             return encode_text_truncated(self.model, tokens)
         return self.model.encode_text(tokens)
+
+
+def register_model_config(spec: dict[str, Any]) -> None:
+    """Make a JSON `model_config` known to open_clip under its architecture name."""
+    import open_clip
+
+    if not spec.get("model_config"):
+        return
+    config_path = Path(spec["model_config"])
+    if not config_path.is_file():
+        raise InputError(f"model_config {config_path} does not exist")
+    if config_path.stem != spec["arch"]:
+        raise InputError(
+            f"model_config {config_path} registers architecture {config_path.stem!r}, "
+            f"but the model asks for arch {spec['arch']!r}; name the file <arch>.json"
+        )
+    open_clip.add_model_config(config_path)
+
+
+def split_geometry(compose) -> tuple[Any, Any, str | None]:
+    """open_clip's eval transform split after its leading resize/crop steps, which map a PIL
+    image to a PIL image of fixed size; their reprs (sizes, interpolation) form the key."""
+    from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+    from torchvision import transforms
+
+    geometric = (transforms.Resize, transforms.CenterCrop, ResizeKeepRatio, CenterCropOrPad)
+    steps = list(compose.transforms)
+    cut = 0
+    while cut < len(steps) and isinstance(steps[cut], geometric):
+        cut += 1
+    key = "; ".join(repr(t) for t in steps[:cut])
+    shareable = cut > 0 and " at 0x" not in key
+    return (
+        transforms.Compose(steps[:cut]),
+        transforms.Compose(steps[cut:]),
+        f"open_clip: {key}" if shareable else None,
+    )
 
 
 def truncatable(model: torch.nn.Module) -> bool:
@@ -203,7 +246,6 @@ class BertResnetEncoder(Encoder):
 
     def __init__(self, spec: dict[str, Any]):
         import torchvision
-        from torchvision.transforms._presets import ImageClassification
         from transformers import AutoModel, AutoTokenizer
 
         local_dir = spec.get("text_model_dir")
@@ -232,11 +274,10 @@ class BertResnetEncoder(Encoder):
                         f"image_checkpoint {spec['image_checkpoint']} does not match "
                         f"torchvision {arch!r}: {str(exc).splitlines()[0]}"
                     ) from exc
-                self.transform = ImageClassification(crop_size=spec["image_size"])
             else:
                 weights = torchvision.models.get_model_weights(arch)[spec["image_weights"]]
                 self.image_model = torchvision.models.get_model(arch, weights=weights)
-                self.transform = weights.transforms()
+            self.transform = imagenet_transform(spec)
         except (ValueError, KeyError) as exc:
             raise InputError(
                 f"unknown torchvision model/weights {arch}/{spec.get('image_weights')}: {exc}"
@@ -246,6 +287,7 @@ class BertResnetEncoder(Encoder):
                 raise
             raise InputError(f"cannot fetch torchvision {arch} weights: {exc}") from exc
 
+        self.library_preprocess = self.transform
         text_dim = self.text_model.config.hidden_size
         image_dim = last_linear(self.image_model).out_features
         # "random": the seed's untrained projection, part of the text tower. "ridge": the text
@@ -262,8 +304,19 @@ class BertResnetEncoder(Encoder):
     def image_tower(self):
         return self.image_model
 
-    def preprocess(self, image):
-        return self.transform(image)
+    # ImageClassification.forward, split: resize and crop on the PIL image, then to tensor.
+    def geometry(self, image):
+        return imagenet_geometry(self.transform, image)
+
+    def finish(self, image):
+        from torchvision.transforms import functional as F
+
+        tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
+        return F.normalize(tensor, mean=self.transform.mean, std=self.transform.std)
+
+    @property
+    def geometry_key(self):
+        return imagenet_geometry_key(self.transform)
 
     def encode_images(self, pixels):
         return self.image_model(pixels)
@@ -277,6 +330,73 @@ class BertResnetEncoder(Encoder):
         # Mean over real tokens only: padding must not dilute short captions.
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.projection(pooled)
+
+
+def imagenet_transform(spec: dict[str, Any]):
+    """The torchvision preprocessing of the baseline's image tower: that of the named weights,
+    or ImageNet's defaults at `image_size` for a local checkpoint."""
+    import torchvision
+    from torchvision.transforms._presets import ImageClassification
+
+    if spec.get("image_checkpoint"):
+        return ImageClassification(crop_size=spec["image_size"])
+    weights = torchvision.models.get_model_weights(spec["image_arch"])[spec["image_weights"]]
+    return weights.transforms()
+
+
+def imagenet_geometry(transform, image: Image.Image) -> Image.Image:
+    from torchvision.transforms import functional as F
+
+    t = transform
+    image = F.resize(image, t.resize_size, interpolation=t.interpolation, antialias=t.antialias)
+    return F.center_crop(image, t.crop_size)
+
+
+def imagenet_geometry_key(transform) -> str:
+    t = transform
+    return (
+        f"torchvision: resize {t.resize_size} {t.interpolation.value} antialias={t.antialias}"
+        f", center crop {t.crop_size}"
+    )
+
+
+class Geometry:
+    """Only a model's resize/crop, built from its config without loading any weights: what the
+    shared `pixels` job needs."""
+
+    def __init__(self, spec: dict[str, Any]):
+        kind = spec.get("kind")
+        if kind == "open_clip":
+            self._geometry, _, self.geometry_key = split_geometry(open_clip_transform(spec))
+        elif kind == "bert_resnet":
+            transform = imagenet_transform(spec)
+            self._geometry = lambda image: imagenet_geometry(transform, image)
+            self.geometry_key = imagenet_geometry_key(transform)
+        else:
+            raise InputError(f"unknown model kind {kind!r}; choose one of {sorted(ENCODERS)}")
+
+    def geometry(self, image):
+        return self._geometry(image)
+
+
+def open_clip_transform(spec: dict[str, Any]):
+    """open_clip's eval transform for a spec, from its model config and (for a pretrained tag)
+    the tag's preprocessing overrides, as `create_model_and_transforms` merges them."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    register_model_config(spec)
+    config = open_clip.get_model_config(spec["arch"])
+    if config is None:
+        raise InputError(f"unknown open_clip architecture {spec['arch']!r}")
+    size = config["vision_cfg"].get("image_size", 224)
+    preprocess = {"size": size if isinstance(size, (list, tuple)) else (size, size)}
+    preprocess = merge_preprocess_dict(preprocess, config.get("preprocess_cfg", {}))
+    tag = None if spec.get("checkpoint") else spec.get("pretrained")
+    if tag:
+        overrides = open_clip.get_pretrained_cfg(spec["arch"], tag)
+        preprocess = merge_preprocess_dict(preprocess, overrides)
+    return image_transform_v2(PreprocessCfg(**preprocess), is_train=False)
 
 
 ENCODERS = {cls.kind: cls for cls in (OpenClipEncoder, BertResnetEncoder)}

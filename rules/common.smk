@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import sys
 
 # The scripts import the clipbench package that sits beside this Snakefile; jobs on a
 # cluster re-read the Snakefile, so they get the same path.
@@ -10,16 +11,28 @@ os.environ.update(
     )
 )
 
+sys.path.insert(0, workflow.basedir)
+from clipbench.views import view_name
+
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 # Local files a model spec may name; they become inputs so edits and demo rules chain in.
 MODEL_FILE_KEYS = ("checkpoint", "model_config", "text_model_dir", "image_checkpoint")
 DATASET_FILE_KEYS = ("parquet", "hf_folder")
+GEOMETRY_KEYS = ("kind", "arch", "model_config", "pretrained", "checkpoint", "image_arch")
+GEOMETRY_KEYS += ("image_weights", "image_checkpoint", "image_size")
+# Models expected to resize/crop alike share one decoded copy of each dataset (clipbench.views).
+VIEWS = {model: view_name(spec) for model, spec in config["models"].items()}
+VIEW_MODEL = {}
+for _model, _view in VIEWS.items():
+    if _view is not None:
+        VIEW_MODEL.setdefault(_view, _model)
 
 
 wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)),
     model="|".join(map(re.escape, MODELS)),
+    view="|".join(map(re.escape, VIEW_MODEL)) or "(?!)",
 
 
 def dataset_files(wildcards):
@@ -36,6 +49,19 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def view_geometry_param(wildcards):
+    """The settings of the view's first model that decide its resize/crop: no weights."""
+    spec = config["models"][VIEW_MODEL[wildcards.view]]
+    # Which local weights file does not matter, only that there is one (no hub preprocessing).
+    local = {k: "local file" for k in ("checkpoint", "image_checkpoint") if k in spec}
+    return canonical({**{k: v for k, v in spec.items() if k in GEOMETRY_KEYS}, **local})
+
+
+def view_config_file(wildcards):
+    spec = config["models"][VIEW_MODEL[wildcards.view]]
+    return [spec["model_config"]] if "model_config" in spec else []
+
+
 def model_spec_param(wildcards):
     return canonical(model_spec(wildcards))
 
@@ -46,6 +72,12 @@ def model_files(wildcards):
     if spec.get("arch", "").startswith("local-dir:"):
         files.append(spec["arch"].removeprefix("local-dir:"))
     return files
+
+
+def model_pixels(wildcards):
+    """The dataset's shared decoded images for this model's view (none: it decodes itself)."""
+    view = VIEWS[wildcards.model]
+    return [] if view is None else f"results/{wildcards.dataset}/pixels/{view}.arrow"
 
 
 def per_model(pattern):

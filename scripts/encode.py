@@ -16,4 +16,5 @@ with job_log(snakemake.log[0]) as progress:
         out_queries=snakemake.output.queries,
         threads=snakemake.threads,
         progress=progress,
+        pixels_path=snakemake.input.pixels or None,
     )

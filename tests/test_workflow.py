@@ -84,6 +84,7 @@ def test_dry_run_of_the_default_config_lists_the_whole_dag(tmp_path):
     per_model = {"encode": 5, "similarity": 5, "hits": 5, "histogram": 5, "queries": 5}
     assert job_counts(done.stdout + done.stderr) == {
         "download": 1,
+        "pixels": 2,  # decoded once for the three CLIP models, once for the two ResNet baselines
         **per_model,
         "compare": 1,
         "report": 1,
@@ -235,13 +236,24 @@ def test_reports_are_self_contained(demo):
     assert (demo / "results/figures/datasets_overview.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_images_decoded_once_per_dataset_and_view(demo):
+    for dataset in DEMO_SIZES:
+        for model in DEMO_MODELS:
+            meta = read_metadata(demo / f"results/{dataset}/embeddings/{model}/images.arrow")
+            assert meta["shared_pixels"] is True, (dataset, model)
+        views = sorted(p.stem for p in (demo / f"results/{dataset}/pixels").glob("*.arrow"))
+        assert views == ["imagenet-crop224", "open_clip-64px-bicubic-shortest"]
+    assert len(list((demo / "logs").rglob("pixels/*.log"))) == 2 * len(DEMO_SIZES)
+
+
 def test_every_rule_wrote_log_and_benchmark(demo):
     logs = {p.relative_to(demo / "logs").with_suffix("") for p in (demo / "logs").rglob("*.log")}
     marks = {
         p.relative_to(demo / "benchmarks").with_suffix("")
         for p in (demo / "benchmarks").rglob("*.tsv")
     }
-    per_dataset = 1 + 5 * len(DEMO_MODELS) + 2  # download, per-model jobs, compare, report
+    # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs, compare, report
+    per_dataset = 1 + 2 + 5 * len(DEMO_MODELS) + 2
     robustness = len(DEMO_MODELS) + 1  # demo only: per model + figures
     demo_inputs = 6  # 2 parquets, 2 open_clip, resnet18, bert
     assert logs == marks
@@ -379,7 +391,9 @@ def test_image_broken_past_its_header_fails_encode_naming_the_row(tmp_path, chec
     cfg = bad_input_config(root, checkpoints, parquet)
     done = snakemake(root, "--cores", "1", "--configfile", str(cfg), check=False)
     assert done.returncode != 0
-    assert "row 1: image bytes cannot be decoded" in (root / "logs/bad/encode/tiny.log").read_text()
+    # Images are decoded once per dataset and view, by the pixels job: its log names the row.
+    (log,) = (root / "logs/bad/pixels").glob("*.log")
+    assert "row 1: image bytes cannot be decoded" in log.read_text()
     # Complete download artifacts; nothing partial after them.
     assert results_files(root) == ["bad/captions.arrow", "bad/dataset.arrow"]
 

@@ -1,0 +1,135 @@
+"""Images decoded once per dataset and shared: the shared path equals each model's own."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from clipbench.arrow_io import read_metadata, write_table
+from clipbench.demo import demo_rows
+from clipbench.encode import Session, encode_images
+from clipbench.encoders import Geometry, load_encoder
+from clipbench.images import decode_image
+from clipbench.pixels import StoredPixels, write_pixels
+from tests.conftest import bert_resnet_spec, open_clip_spec
+
+CPU = torch.device("cpu")
+SETTINGS = {"device": "cpu", "precision": "fp32", "batch_size": 3, "decode_workers": 1}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Every storage mode (P, RGBA, LA, L, I;16, CMYK, …) at mixed sizes and aspect ratios."""
+    blobs = demo_rows(9, seed=7)[0]
+    path = tmp_path_factory.mktemp("pixels") / "dataset.arrow"
+    table = pa.table({"id": pa.array(range(9), pa.int64()), "image": pa.array(blobs, pa.binary())})
+    write_table(table, path, {"dataset": "t"})
+    captions = path.with_name("captions.arrow")
+    write_table(
+        pa.table(
+            {
+                "id": pa.array(range(9), pa.int64()),
+                "image_id": pa.array(range(9), pa.int64()),
+                "text": [f"caption {i}" for i in range(9)],
+            }
+        ),
+        captions,
+        {"dataset": "t"},
+    )
+    return path, captions, blobs
+
+
+@pytest.fixture(scope="module", params=["tiny-rn", "tiny-vit-32", "bert_resnet"])
+def encoder(request, checkpoints):
+    if request.param == "bert_resnet":
+        return load_encoder(bert_resnet_spec(checkpoints), CPU)
+    return load_encoder(open_clip_spec(checkpoints, request.param), CPU)
+
+
+def test_geometry_then_finish_is_the_library_preprocessing_bit_for_bit(encoder, dataset):
+    for i, blob in enumerate(dataset[2]):
+        image = decode_image(blob, i)
+        stored = Image.fromarray(np.asarray(encoder.geometry(image)), "RGB")
+        torch.testing.assert_close(
+            encoder.finish(stored), encoder.library_preprocess(image), rtol=0, atol=0
+        )
+
+
+@pytest.mark.parametrize("which", ["tiny-rn", "tiny-vit-32", "bert_resnet"])
+def test_geometry_from_config_alone_matches_the_loaded_model(checkpoints, which):
+    spec = (
+        bert_resnet_spec(checkpoints)
+        if which == "bert_resnet"
+        else open_clip_spec(checkpoints, which)
+    )
+    no_weights = {k: v for k, v in spec.items() if k not in ("checkpoint", "image_checkpoint")}
+    if which == "bert_resnet":
+        no_weights["image_checkpoint"] = "never read"  # picks ImageClassification(image_size)
+    assert Geometry(no_weights).geometry_key == load_encoder(spec, CPU).geometry_key
+
+
+def test_encoding_from_shared_pixels_equals_decoding(encoder, dataset, tmp_path):
+    path, _, blobs = dataset
+    write_pixels(encoder, str(path), str(tmp_path / "px.arrow"), workers=2)
+    stored = StoredPixels(str(tmp_path / "px.arrow"))
+    assert stored.geometry_key == encoder.geometry_key
+    assert np.asarray(stored.image(0)).dtype == np.uint8
+    ids = list(range(len(blobs)))
+    decoded = encode_images(encoder, blobs, ids, 4)
+    shared = encode_images(encoder, blobs, ids, 4, stored=stored, workers=1)
+    np.testing.assert_array_equal(shared, decoded)
+
+
+def test_pixels_are_written_in_batches_and_read_across_them(checkpoints, dataset, tmp_path):
+    from clipbench import pixels
+
+    enc = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
+    path, _, blobs = dataset
+    before, pixels.ROWS_PER_BATCH = pixels.ROWS_PER_BATCH, 4
+    try:
+        write_pixels(enc, str(path), str(tmp_path / "px.arrow"), workers=1)
+    finally:
+        pixels.ROWS_PER_BATCH = before
+    stored = StoredPixels(str(tmp_path / "px.arrow"))
+    assert stored.starts.tolist() == [0, 4, 8, 9]
+    for i, blob in enumerate(blobs):
+        expected = np.asarray(enc.geometry(decode_image(blob, i)))
+        np.testing.assert_array_equal(np.asarray(stored.image(i)), expected)
+    assert read_metadata(tmp_path / "px.arrow")["dataset"] == "t"
+
+
+def test_clip_models_of_one_input_size_share_a_geometry(checkpoints):
+    # The tiny RN and ViTs all take 64² inputs, as RN50, ViT-B-32 and ViT-B-16 all take 224².
+    keys = {
+        load_encoder(open_clip_spec(checkpoints, arch), CPU).geometry_key
+        for arch in ("tiny-rn", "tiny-vit-16", "tiny-vit-32")
+    }
+    assert len(keys) == 1 and "size=64" in keys.pop()
+    resnet = load_encoder(bert_resnet_spec(checkpoints), CPU).geometry_key
+    assert resnet.startswith("torchvision: resize [256] bilinear")
+
+
+def test_pixels_of_another_geometry_are_not_used(checkpoints, dataset, tmp_path, caplog):
+    path, captions, blobs = dataset
+    resnet = load_encoder(bert_resnet_spec(checkpoints), CPU)
+    write_pixels(resnet, str(path), str(tmp_path / "px.arrow"), workers=1)
+    session = Session.open(
+        open_clip_spec(checkpoints, "tiny-rn"),
+        SETTINGS,
+        str(path),
+        str(captions),
+        1,
+        None,
+        "tiny-rn",
+        str(tmp_path / "px.arrow"),
+    )
+    assert session.stored is None and "decoding itself" in caplog.text
+    with pytest.raises(ValueError, match="another geometry"):
+        encode_images(
+            session.encoder,
+            blobs,
+            list(range(9)),
+            4,
+            stored=StoredPixels(str(tmp_path / "px.arrow")),
+        )
