@@ -215,3 +215,13 @@ def test_images_prepared_ahead_in_threads_equal_the_inline_path(checkpoints, blo
     np.testing.assert_array_equal(inline, ahead)
     order = [batch for _, batch in prepared_batches(list(range(10)), 3, list, workers=2)]
     assert order == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def test_auto_batch_size_is_chosen_per_tower_type(checkpoints):
+    from clipbench.encode import batch_sizes
+
+    cnn = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
+    vit = load_encoder(open_clip_spec(checkpoints, "tiny-vit-32"), CPU)
+    assert batch_sizes("auto", cnn) == (8, 32)
+    assert batch_sizes("auto", vit) == (32, 32)
+    assert batch_sizes(5, cnn) == (5, 5)
