@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipbench import demo
+from clipbench import demo as inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ARCHS = ROOT / "tests" / "demo" / "open_clip"
@@ -34,11 +34,11 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for arch in ("tiny-vit-16", "tiny-rn", "tiny-vit-32"):
         paths[arch] = out / f"{arch}.safetensors"
-        demo.write_open_clip_checkpoint(str(DEMO_ARCHS / f"{arch}.json"), str(paths[arch]), 0)
+        inputs.write_open_clip_checkpoint(str(DEMO_ARCHS / f"{arch}.json"), str(paths[arch]), 0)
     paths["bert"] = out / "bert"
-    demo.write_bert(str(paths["bert"]), 0)
+    inputs.write_bert(str(paths["bert"]), 0)
     paths["resnet18"] = out / "resnet18.safetensors"
-    demo.write_torchvision_checkpoint("resnet18", str(paths["resnet18"]), 0)
+    inputs.write_torchvision_checkpoint("resnet18", str(paths["resnet18"]), 0)
     return paths
 
 
@@ -67,3 +67,13 @@ def bert_resnet_spec(checkpoints) -> dict:
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The whole offline demo, run once in a copy of the workflow and shared by the e2e tests."""
+    from tests.workflow_runs import DEMO, snakemake, workflow_copy
+
+    root = workflow_copy(tmp_path_factory.mktemp("demo"))
+    snakemake(root, *DEMO)
+    return root

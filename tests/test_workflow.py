@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import html.parser
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,65 +13,12 @@ import pytest
 import yaml
 
 from clipbench.arrow_io import read_metadata, read_table
-from tests.conftest import ROOT
+from tests.workflow_runs import DEMO, job_counts, snakemake, workflow_copy
 
 pytestmark = pytest.mark.e2e
-WORKFLOW_FILES = [
-    "Snakefile",
-    "profiles",
-    "config.yaml",
-    "rules",
-    "scripts",
-    "schemas",
-    "clipbench",
-    "envs",
-    "tests/demo",
-]
 DEMO_MODELS = ["tiny-rn", "tiny-vit-32", "tiny-bert-resnet18", "tiny-bert-resnet18-ridge"]
 # dataset → (images, captions): demo-multi has 1–3 captions per image.
 DEMO_SIZES = {"demo": (48, 48), "demo-multi": (24, 48)}
-
-
-def workflow_copy(dest: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        src, dst = ROOT / name, dest / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-    return dest
-
-
-def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    done = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table that Snakemake prints before running (or dry-running)."""
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-DEMO = ("--cores", "2", "--configfile", "tests/demo/config.yaml")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = workflow_copy(tmp_path_factory.mktemp("demo"))
-    snakemake(root, *DEMO)
-    return root
 
 
 def test_dry_run_of_the_default_config_lists_the_whole_dag(tmp_path):

@@ -1,0 +1,188 @@
+"""The workflow through a real SLURM controller: profiles/slurm, one sbatch per job.
+
+A one-node cluster (tests/slurm_cluster.py) runs on this machine; the tests skip only where it
+cannot be installed (not root, or no apt-get). The node has no GPU, so the test profile is
+profiles/slurm with `gpu: 0` for the model jobs (sbatch refuses --gpus on a node without GPUs).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.slurm_cluster import PARTITION, cannot_run, slurm_cluster
+from tests.workflow_runs import demo_subset, job_counts, snakemake, workflow_copy
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+
+# Status checks every 2 s instead of 40 s (still ≤ MinJobAge / 3), SLURM logs kept to assert on.
+FAST = ("--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs")
+PROFILE = "profiles/slurm-nogpu"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = cannot_run()
+    if reason:
+        print(reason)
+        pytest.skip(reason)
+    with (
+        slurm_cluster(tmp_path_factory.mktemp("slurm")) as running,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("SLURM_CONF", running.env["SLURM_CONF"])
+        yield running
+
+
+def nogpu_profile(root: Path) -> Path:
+    """profiles/slurm as is, but the model jobs ask for no GPU."""
+    profile = yaml.safe_load((root / "profiles/slurm/config.yaml").read_text())
+    for rule in ("encode", "robustness"):
+        assert profile["set-resources"][rule]["gpu"] == 1
+        profile["set-resources"][rule]["gpu"] = 0
+    path = root / PROFILE / "config.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def rule_of(comment: str) -> str:
+    """The plugin's job comment: rule_<name>[_wildcards_<values>]."""
+    return re.fullmatch(r"rule_(.+?)(?:_wildcards_.*)?", comment)[1]
+
+
+def run_jobs(cluster, out: str, rule: str | None = None) -> list[dict[str, str]]:
+    """The SLURM jobs of one Snakemake run (the plugin names them by its run ID), by job ID."""
+    run_id = re.search(r"SLURM run ID: (\S+)", out)[1]
+    jobs = [j for j in cluster.jobs() if j["name"] == run_id]
+    return sorted(
+        (j for j in jobs if rule is None or rule_of(j["comment"]) == rule),
+        key=lambda j: int(j["id"]),
+    )
+
+
+def test_sbatch_refuses_gpus_on_this_node(cluster, tmp_path):
+    """Why the test profile drops the model jobs' GPU request."""
+    done = cluster.run_unchecked("sbatch", "--gpus=1", "-D", str(tmp_path), "--wrap", "true")
+    assert done.returncode != 0 and "sbatch: error" in done.stderr
+
+
+# The offline demo cut to one dataset and two models (an open_clip and the fitted baseline),
+# robustness on: every rule of the workflow, 24 sbatch jobs. Each job pays for its own Snakemake
+# start and the node runs one 2-thread job at a time, so the whole demo (62 jobs) takes ~10 min.
+DEMO_MODELS = ["tiny-rn", "tiny-bert-resnet18-ridge"]
+
+
+def test_demo_through_slurm(cluster, tmp_path):
+    root = workflow_copy(tmp_path)
+    nogpu_profile(root)
+    config = demo_subset(root, ["demo"], DEMO_MODELS, "slurm-demo")
+    args = ("--workflow-profile", PROFILE, *FAST, "--configfile", str(config))
+    done = snakemake(root, *args)
+    out = done.stdout + done.stderr
+    assert "SLURM run ID" in out
+
+    # Every job of the DAG (but the target rule `all`) was one sbatch job that completed.
+    planned = job_counts(out)
+    planned.pop("all")
+    jobs = run_jobs(cluster, out)
+    assert {j["state"] for j in jobs} == {"COMPLETED"}
+    assert collections.Counter(rule_of(j["comment"]) for j in jobs) == planned
+    logs = list((root / ".snakemake/slurm_logs").rglob("*.log"))
+    assert len(logs) == len(jobs)
+
+    # The profile's resources reached sbatch: --mem and CPUs (threads: demo encode.threads = 2).
+    encode = run_jobs(cluster, out, "encode")
+    assert {(j["min_memory"], j["cpus"], j["gres"]) for j in encode} == {("16000M", "2", "N/A")}
+    assert {j["min_memory"] for j in run_jobs(cluster, out, "hits")} == {"4000M"}
+
+    assert set(planned) == {
+        *("demo_dataset", "demo_open_clip", "demo_torchvision", "demo_bert", "download"),
+        *("pixels", "encode", "similarity", "hits", "histogram", "queries", "robustness"),
+        *("compare", "report", "robustness_figures", "summary"),
+    }
+    page = (root / "results/demo/report.html").read_text()
+    assert "vegaEmbed" in page and all(m in page for m in DEMO_MODELS)
+    assert 'href="demo/report.html"' in (root / "results/report.html").read_text()
+    again = snakemake(root, *args, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+FLAKY = """\
+rule all:
+    input:
+        "flaky.txt",
+
+
+# Fails on its first attempt (100 MB asked), succeeds on the retry (200 MB).
+rule flaky:
+    output:
+        "flaky.txt",
+    log:
+        "logs/flaky.log",
+    resources:
+        mem_mb=lambda wildcards, attempt: 100 * attempt,
+    shell:
+        "echo attempt with {resources.mem_mb} MB on $SLURM_JOB_ID > {log}; "
+        "test {resources.mem_mb} -ge 200 || {{ echo flaky fails on purpose >&2; exit 3; }}; "
+        "echo done > {output}"
+
+
+rule broken:
+    output:
+        "broken.txt",
+    log:
+        "logs/broken.log",
+    shell:
+        "echo broken fails on purpose on $SLURM_JOB_ID > {log}; exit 4"
+"""
+
+
+@pytest.fixture
+def flaky(tmp_path) -> Path:
+    """A tiny workflow beside an unchanged copy of profiles/slurm."""
+    (tmp_path / "Snakefile").write_text(FLAKY)
+    shutil.copytree(ROOT / "profiles/slurm", tmp_path / "profiles/slurm")
+    return tmp_path
+
+
+def test_failed_job_is_resubmitted(cluster, flaky):
+    done = snakemake(flaky, "--workflow-profile", "profiles/slurm", *FAST)
+    out = done.stdout + done.stderr
+    jobs = run_jobs(cluster, out, "flaky")
+    assert [(j["state"], j["min_memory"]) for j in jobs] == [
+        ("FAILED", "100M"),
+        ("COMPLETED", "200M"),
+    ]
+    first, second = jobs
+    assert f"SLURM-job '{first['id']}' failed" in out
+    assert "Trying to restart job" in out
+    assert (flaky / "flaky.txt").read_text() == "done\n"
+    assert (flaky / "logs/flaky.log").read_text() == f"attempt with 200 MB on {second['id']}\n"
+    # The failed attempt's SLURM log is kept (it holds the job's own Snakemake output).
+    failed_log = flaky / f".snakemake/slurm_logs/rule_flaky/{first['id']}.log"
+    assert "flaky fails on purpose" in failed_log.read_text()
+
+
+def test_failing_rule_is_reported_with_its_log(cluster, flaky):
+    done = snakemake(
+        flaky, "--workflow-profile", "profiles/slurm", *FAST, "broken.txt", check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    jobs = run_jobs(cluster, out, "broken")
+    assert [j["state"] for j in jobs] == ["FAILED", "FAILED"]  # retries: 1 → two submissions
+    for job in jobs:
+        assert f"SLURM-job '{job['id']}' failed, SLURM status is: 'FAILED'" in out
+        assert f".snakemake/slurm_logs/rule_broken/{job['id']}.log" in out
+    # show-failed-logs: the rule's own log, printed by the submitting Snakemake.
+    assert "logs/broken.log" in out
+    assert f"broken fails on purpose on {jobs[-1]['id']}" in out
+    assert not (flaky / "broken.txt").exists()
+    assert PARTITION in cluster.run("sinfo", "--noheader", "--format=%P")
