@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -39,6 +40,27 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` that becomes ``path`` only once the block completes:
+    readers, and Snakemake, never see a half-written artifact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed mid-write (SIGKILL, a lost node) leaves its temporary file behind; only the
+    # job that owns ``path`` writes these, so the rerun of that job clears them.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_writer(
     path: str | os.PathLike,
     schema: pa.Schema,
@@ -47,20 +69,15 @@ def atomic_writer(
 ) -> Iterator[pa.ipc.RecordBatchFileWriter]:
     """An Arrow IPC file writer whose file appears at ``path`` only once it is complete.
     ``compression`` (lz4/zstd buffers) is for bulky intermediates read batch by batch."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if metadata:
         schema = schema.with_metadata({**(schema.metadata or {}), **encode_metadata(metadata)})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        options = pa.ipc.IpcWriteOptions(compression=compression)
-        with os.fdopen(fd, "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
-            yield writer
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with (
+        atomic_path(path) as tmp,
+        pa.OSFile(str(tmp), "wb") as sink,
+        pa.ipc.new_file(sink, schema, options=options) as writer,
+    ):
+        yield writer
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | None = None) -> None:

@@ -3,6 +3,7 @@ the same library loaders (open_clip, transformers, torchvision)."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,15 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: the unpickler builds tensors and containers, and refuses everything
+        # else, so a checkpoint cannot run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(
+            f"checkpoint {path} holds more than tensors, and pickled objects could run code "
+            f"({str(exc).splitlines()[0]}); save its state_dict as .safetensors instead"
+        ) from exc
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 

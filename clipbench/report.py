@@ -18,7 +18,7 @@ import jinja2
 import polars as pl
 
 from clipbench import charts
-from clipbench.arrow_io import read_metadata, read_table
+from clipbench.arrow_io import atomic_path, read_metadata, read_table
 from clipbench.images import decode_image
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -129,6 +129,20 @@ def comparison_tables(comparisons: pl.DataFrame, k: int) -> list[dict[str, Any]]
     return tables
 
 
+SKIPPED_SHOWN = 20
+
+
+def skipped_rows_note(dataset_meta: dict[str, Any]) -> str | None:
+    """One line naming the source rows that ``on_bad_image: skip`` left out (None: none were)."""
+    rows = [s["row"] for s in dataset_meta.get("skipped_rows") or []]
+    if not rows:
+        return None
+    shown = ", ".join(map(str, rows[:SKIPPED_SHOWN]))
+    if len(rows) > SKIPPED_SHOWN:
+        shown += f", … ({len(rows) - SKIPPED_SHOWN} more, listed below)"
+    return f"skipped {len(rows)} undecodable image(s) (on_bad_image: skip): row ids {shown}"
+
+
 def thumbnail_uri(blob: bytes, row_id: int, size: int) -> str:
     image = decode_image(blob, row_id)
     image.thumbnail((size, size))
@@ -177,7 +191,8 @@ def vega_bundle() -> str:
 def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) -> None:
     for path in figures:  # …/figures/<chart name>.<png|svg>
         name, _, fmt_ = Path(path).name.rpartition(".")
-        named[name].save(path, format=fmt_)
+        with atomic_path(path) as tmp:
+            named[name].save(str(tmp), format=fmt_)
 
 
 def render(template: str, out_html: str, named_charts: dict[str, Any], **context) -> None:
@@ -192,11 +207,8 @@ def render(template: str, out_html: str, named_charts: dict[str, Any], **context
         vega_bundle=vega_bundle(),
         **context,
     )
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(html, encoding="utf-8")
 
 
 def robustness_metric(k: int, recall_at: Sequence[int]) -> str:
@@ -243,6 +255,7 @@ def build_report(
         named,
         dataset=dataset_name,
         dataset_meta=dataset_meta,
+        skipped_note=skipped_rows_note(dataset_meta),
         k=k,
         metric_tables=metric_tables(metrics, k),
         comparison_tables=comparison_tables(pl.from_arrow(read_table(comparisons_path)), k),

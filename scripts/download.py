@@ -9,4 +9,7 @@ with job_log(snakemake.log[0]):
         snakemake.wildcards.dataset,
         snakemake.output.images,
         snakemake.output.captions,
+        # How often to retry does not change the artifact: from the config, not a param, so
+        # tuning it reruns nothing.
+        snakemake.config["download"],
     )

@@ -52,3 +52,22 @@ def test_rewrite_replaces_atomically(tmp_path):
     write_table(pa.table({"x": [2, 3]}), tmp_path / "t.arrow")
     assert read_table(tmp_path / "t.arrow")["x"].to_pylist() == [2, 3]
     assert [p.name for p in tmp_path.iterdir()] == ["t.arrow"]
+
+
+def test_rerun_clears_what_a_killed_write_left(tmp_path):
+    # SIGKILL runs no cleanup: the temporary file of the killed job stays until its rerun.
+    (tmp_path / ".t.arrow.k1ll3d.tmp").write_bytes(b"half an artifact")
+    (tmp_path / ".other.arrow.x.tmp").write_bytes(b"another job's")
+    write_table(pa.table({"x": [1]}), tmp_path / "t.arrow")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.arrow.x.tmp", "t.arrow"]
+
+
+def test_atomic_path_serves_any_file_format(tmp_path):
+    out = tmp_path / "sub" / "page.html"
+    with pytest.raises(KeyError), arrow_io.atomic_path(out) as tmp:
+        tmp.write_text("partial")
+        raise KeyError
+    assert list(out.parent.iterdir()) == []
+    with arrow_io.atomic_path(out) as tmp:
+        tmp.write_text("whole")
+    assert out.read_text() == "whole" and list(out.parent.iterdir()) == [out]

@@ -12,7 +12,7 @@ from clipbench.encode import (
     precision_context,
     resolve_device,
 )
-from clipbench.encoders import load_encoder, seeded_projection
+from clipbench.encoders import load_encoder, load_state_dict, seeded_projection
 from clipbench.errors import InputError
 from tests.conftest import bert_resnet_spec, open_clip_spec, png_bytes
 
@@ -98,6 +98,28 @@ def test_checkpoint_not_matching_architecture(checkpoints):
     bad = bert_resnet_spec(checkpoints) | {"image_arch": "resnet34"}
     with pytest.raises(InputError, match="does not match torchvision 'resnet34'"):
         load_encoder(bad, CPU)
+
+
+class RunsCode:
+    def __reduce__(self):  # what a malicious pickle does: call anything on load
+        import os
+
+        return os.mkdir, ("pwned",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = load_state_dict(checkpoints["resnet18"]) | {"extra": RunsCode()}
+    torch.save(state, tmp_path / "evil.pt")
+    spec = bert_resnet_spec(checkpoints) | {"image_checkpoint": str(tmp_path / "evil.pt")}
+    with pytest.raises(InputError, match="evil.pt holds more than tensors.*safetensors"):
+        load_encoder(spec, CPU)
+    assert not (tmp_path / "pwned").exists()
+    # The same weights as a tensor-only pickle load.
+    torch.save(load_state_dict(checkpoints["resnet18"]), tmp_path / "plain.pt")
+    load_encoder(
+        bert_resnet_spec(checkpoints) | {"image_checkpoint": str(tmp_path / "plain.pt")}, CPU
+    )
 
 
 def test_model_config_must_be_named_after_arch(checkpoints):
