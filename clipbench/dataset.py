@@ -14,18 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipbench.errors import InputError
-from clipbench.images import check_image_header
+from clipbench.hub import fetch, file_sha256
+from clipbench.images import check_image_header, image_problem
 
 IMAGES_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
 CAPTIONS_SCHEMA = pa.schema([("id", pa.int64()), ("image_id", pa.int64()), ("text", pa.string())])
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+ON_BAD_IMAGE = ("error", "skip")
 
 
 def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
@@ -40,27 +34,18 @@ def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
     return actual
 
 
-HUB_ADVICE = (
-    "Offline? Set HF_HUB_OFFLINE=1 with a populated HF cache, or point the dataset's source "
-    "to a local parquet file"
-)
-
-
-def download_hub_file(repo_id: str, filename: str, revision: str) -> Path:
+def download_hub_file(repo_id: str, filename: str, revision: str, retry: dict) -> Path:
     """Fetch one file of a hub dataset repo, pinned to ``revision``, through the HF cache."""
     from huggingface_hub import hf_hub_download
 
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id=repo_id, filename=filename, revision=revision, repo_type="dataset"
-            )
+    def download() -> list[Path]:
+        path = hf_hub_download(
+            repo_id=repo_id, filename=filename, revision=revision, repo_type="dataset"
         )
-    except Exception as exc:  # network, auth, offline mode: all need the same advice
-        raise InputError(
-            f"cannot fetch {filename} of dataset {repo_id}@{revision} from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). {HUB_ADVICE}"
-        ) from exc
+        return [Path(path)]
+
+    what = f"{filename} of dataset {repo_id}@{revision} from the Hugging Face hub"
+    return fetch(download, what, **retry)[0]
 
 
 def in_split(relative: Path, split: str) -> bool:
@@ -70,11 +55,11 @@ def in_split(relative: Path, split: str) -> bool:
     )
 
 
-def download_hub_split(repo_id: str, revision: str, split: str) -> list[Path]:
+def download_hub_split(repo_id: str, revision: str, split: str, retry: dict) -> list[Path]:
     """Every parquet file of one split of a hub dataset repo, pinned to ``revision``."""
     from huggingface_hub import snapshot_download
 
-    try:
+    def download() -> list[Path]:
         folder = Path(
             snapshot_download(
                 repo_id=repo_id,
@@ -83,20 +68,17 @@ def download_hub_split(repo_id: str, revision: str, split: str) -> list[Path]:
                 allow_patterns=["*.parquet"],
             )
         )
-    except Exception as exc:
-        raise InputError(
-            f"cannot fetch dataset {repo_id}@{revision} from the Hugging Face hub "
-            f"({type(exc).__name__}: {exc}). {HUB_ADVICE}"
-        ) from exc
-    everything = sorted(folder.rglob("*.parquet"))
-    files = [p for p in everything if in_split(p.relative_to(folder), split)]
-    if not files:
-        names = [str(p.relative_to(folder)) for p in everything][:20]
-        raise InputError(
-            f"{repo_id}@{revision} has no parquet files for split {split!r} "
-            f"(found {names}); set `split`, or name one `file`"
-        )
-    return files
+        everything = sorted(folder.rglob("*.parquet"))
+        files = [p for p in everything if in_split(p.relative_to(folder), split)]
+        if not files:
+            names = [str(p.relative_to(folder)) for p in everything][:20]
+            raise InputError(
+                f"{repo_id}@{revision} has no parquet files for split {split!r} "
+                f"(found {names}); set `split`, or name one `file`"
+            )
+        return files
+
+    return fetch(download, f"dataset {repo_id}@{revision} from the Hugging Face hub", **retry)
 
 
 def snapshot_commit(path: Path) -> str | None:
@@ -129,8 +111,13 @@ def read_hf_folder(path: str | os.PathLike, split: str | None) -> pa.Table:
     return loaded.with_format("arrow")[:]
 
 
-def read_source(source: dict[str, Any], split: str) -> tuple[pa.Table, dict[str, Any]]:
-    """Read the configured source; return the raw table and provenance for the metadata."""
+def read_source(
+    source: dict[str, Any], split: str, retry: dict | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Read the configured source; return the raw table and provenance for the metadata.
+    ``retry`` ({attempts, wait_seconds}, config key ``download``) governs hub fetches; None
+    makes one attempt."""
+    retry = retry or {"attempts": 1, "wait_seconds": 0}
     if "hf_folder" in source:
         folder = Path(source["hf_folder"])
         if not folder.is_dir():
@@ -140,10 +127,10 @@ def read_source(source: dict[str, Any], split: str) -> tuple[pa.Table, dict[str,
     if "hub" in source:
         hub = source["hub"]
         if hub.get("file"):
-            files = [download_hub_file(hub["repo_id"], hub["file"], hub["revision"])]
+            files = [download_hub_file(hub["repo_id"], hub["file"], hub["revision"], retry)]
             name = f"hf://datasets/{hub['repo_id']}/{hub['file']}"
         else:
-            files = download_hub_split(hub["repo_id"], hub["revision"], split)
+            files = download_hub_split(hub["repo_id"], hub["revision"], split, retry)
             name = f"hf://datasets/{hub['repo_id']} (split {split}, {len(files)} file(s))"
         info = {
             "source": name,
@@ -225,6 +212,23 @@ def caption_lists(texts: pa.ChunkedArray, text_column: str) -> list[list[str]]:
     return rows
 
 
+def bad_image_rows(blobs: list[bytes | None], on_bad_image: str = "error") -> dict[int, str]:
+    """Source rows whose image cannot be used, with the reason, by row id.
+
+    ``error``: raise at the first row whose header does not read (cheap; a broken body fails
+    later, when the pixels are decoded). ``skip``: decode every image in full now and return
+    every failure, so that all models later see the same rows.
+    """
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise InputError(f"on_bad_image is {on_bad_image!r}; use one of {list(ON_BAD_IMAGE)}")
+    if on_bad_image == "error":
+        for row_id, blob in enumerate(blobs):
+            check_image_header(blob, row_id)
+        return {}
+    problems = {row_id: image_problem(blob, row_id) for row_id, blob in enumerate(blobs)}
+    return {row_id: reason for row_id, reason in problems.items() if reason is not None}
+
+
 def canonical_tables(
     raw: pa.Table,
     image_column: str,
@@ -232,13 +236,16 @@ def canonical_tables(
     limit: int | None = None,
     base_dir: Path | None = None,
     image_grouping: str = "row",
-) -> tuple[pa.Table, pa.Table]:
-    """Validate a raw source table; return its images and its captions.
+    on_bad_image: str = "error",
+) -> tuple[pa.Table, pa.Table, dict[int, str]]:
+    """Validate a raw source table; return its images, its captions and the skipped rows.
 
     images: ``id``, ``image`` (original bytes), ``text`` (the image's first caption);
     captions: ``id``, ``image_id``, ``text``. With ``image_grouping="bytes"`` rows holding
     byte-identical images become one image with several captions; with ``"row"`` every source
-    row is its own image (the seed study's setup).
+    row is its own image (the seed study's setup). With ``on_bad_image="skip"`` rows whose image
+    cannot be decoded are left out, captions included, before ids are given; the third value maps
+    their source row ids (0-based, after ``limit``) to the reason (empty for ``"error"``).
     """
     _check_column(raw, image_column, "image")
     _check_column(raw, text_column, "text")
@@ -248,8 +255,12 @@ def canonical_tables(
         raise InputError("the dataset has zero rows; check the source file and `limit`")
     captions_per_row = caption_lists(raw[text_column], text_column)
     blobs = image_bytes(raw[image_column], base_dir)
-    for row_id, blob in enumerate(blobs):
-        check_image_header(blob, row_id)
+    skipped = bad_image_rows(blobs, on_bad_image)
+    if len(skipped) == raw.num_rows:
+        raise InputError(
+            f"no image of the {raw.num_rows} row(s) can be decoded, which leaves zero rows "
+            f"(on_bad_image: skip; row 0: {skipped[0]}); check the image column and the source"
+        )
 
     image_of_key: dict[Any, int] = {}
     images: list[bytes] = []
@@ -257,6 +268,8 @@ def canonical_tables(
     caption_image: list[int] = []
     caption_text: list[str] = []
     for row, (blob, caps) in enumerate(zip(blobs, captions_per_row, strict=True)):
+        if row in skipped:
+            continue
         key = hashlib.sha256(blob).digest() if image_grouping == "bytes" else row
         if key not in image_of_key:
             image_of_key[key] = len(images)
@@ -280,20 +293,24 @@ def canonical_tables(
         },
         schema=CAPTIONS_SCHEMA,
     )
-    return image_table, caption_table
+    return image_table, caption_table, skipped
 
 
-def load_dataset(cfg: dict[str, Any]) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+def load_dataset(
+    cfg: dict[str, Any], retry: dict | None = None
+) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """Load one configured dataset: its images, its captions and provenance metadata."""
-    raw, info = read_source(cfg["source"], cfg["split"])
+    raw, info = read_source(cfg["source"], cfg["split"], retry)
     base_dir = Path(info["path"]).parent if "hf_folder" not in cfg["source"] else None
-    images, captions = canonical_tables(
+    on_bad_image = cfg.get("on_bad_image", "error")
+    images, captions, skipped = canonical_tables(
         raw,
         cfg["image_column"],
         cfg["text_column"],
         cfg.get("limit"),
         base_dir,
         cfg.get("image_grouping", "row"),
+        on_bad_image,
     )
     metadata = {
         "source": info["source"],
@@ -307,5 +324,8 @@ def load_dataset(cfg: dict[str, Any]) -> tuple[pa.Table, pa.Table, dict[str, Any
         "source_rows": raw.num_rows,
         "num_rows": images.num_rows,
         "num_captions": captions.num_rows,
+        "on_bad_image": on_bad_image,
+        # Source row ids (0-based, as in the error messages) left out, and why.
+        "skipped_rows": [{"row": row, "reason": reason} for row, reason in skipped.items()],
     }
     return images, captions, metadata

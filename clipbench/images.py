@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,26 +47,50 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# What PIL raises for bytes it cannot read; EOFError and struct.error come from plugins reading
+# truncated or corrupt data.
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error)
+# Every image error names the dataset option that leaves such rows out instead of failing.
+SKIP_HINT = "or set `on_bad_image: skip` in the dataset's config to leave such rows out"
+
+
+class BadImageError(InputError):
+    """Image bytes that cannot be used. ``reason`` says why in a few words, without the row or
+    the fix, for the list of skipped rows that ``on_bad_image: skip`` records."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @contextlib.contextmanager
 def _row_errors(row_id: int | str, failure: str) -> Iterator[None]:
     """Turn PIL's errors into one message that names the dataset row and the fix."""
     try:
         yield
     except Image.DecompressionBombError as exc:
-        raise InputError(
+        raise BadImageError(
             f"row {row_id}: image exceeds PIL's decompression-bomb pixel limit ({exc}); "
-            "remove the row or downscale the image"
+            f"remove the row or downscale the image, {SKIP_HINT}",
+            "image exceeds PIL's decompression-bomb pixel limit",
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(
+    except DECODE_ERRORS as exc:
+        raise BadImageError(
             f"row {row_id}: image bytes {failure} ({type(exc).__name__}: {exc}); "
-            "fix or remove this row in the source dataset"
+            f"fix or remove this row in the source dataset, {SKIP_HINT}",
+            # UnidentifiedImageError's text only repeats the failure, plus an object address.
+            f"image bytes {failure}"
+            if isinstance(exc, UnidentifiedImageError)
+            else f"image bytes {failure} ({type(exc).__name__}: {exc})",
         ) from exc
 
 
 def _require_bytes(data: bytes | None, row_id: int | str) -> None:
     if not data:
-        raise InputError(f"row {row_id}: no image bytes stored; fix or remove this row")
+        raise BadImageError(
+            f"row {row_id}: no image bytes stored; fix or remove this row, {SKIP_HINT}",
+            "no image bytes stored",
+        )
 
 
 def check_image_header(data: bytes | None, row_id: int | str) -> None:
@@ -81,3 +106,14 @@ def decode_image(data: bytes, row_id: int | str) -> Image.Image:
     with _row_errors(row_id, "cannot be decoded"), Image.open(io.BytesIO(data)) as image:
         image.load()
         return to_rgb(image)
+
+
+def image_problem(data: bytes | None, row_id: int | str) -> str | None:
+    """Why these bytes cannot be decoded in full (header, pixel data, decompression-bomb limit),
+    in a few words; None when they decode exactly as every later stage will decode them."""
+    try:
+        check_image_header(data, row_id)
+        decode_image(data, row_id)
+    except BadImageError as exc:
+        return exc.reason
+    return None

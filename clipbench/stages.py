@@ -36,8 +36,14 @@ log = logging.getLogger("clipbench")
 DIRECTIONS = ("text_to_image", "image_to_text")
 
 
-def download(dataset_cfg: dict[str, Any], name: str, out_images: str, out_captions: str) -> None:
-    images, captions, metadata = load_dataset(dataset_cfg)
+def download(
+    dataset_cfg: dict[str, Any],
+    name: str,
+    out_images: str,
+    out_captions: str,
+    retry: dict | None = None,
+) -> None:
+    images, captions, metadata = load_dataset(dataset_cfg, retry)
     log.info(
         "dataset %s: %d images, %d captions from %s (sha256 %s)",
         name,
@@ -46,6 +52,14 @@ def download(dataset_cfg: dict[str, Any], name: str, out_images: str, out_captio
         metadata["source"],
         metadata["sha256"],
     )
+    if skipped := metadata["skipped_rows"]:
+        log.warning(
+            "dataset %s: skipped %d source row(s) whose image cannot be decoded "
+            "(on_bad_image: skip):\n%s",
+            name,
+            len(skipped),
+            "\n".join(f"  row {r['row']}: {r['reason']}" for r in skipped),
+        )
     write_table(images, out_images, {"dataset": name, **metadata})
     write_table(captions, out_captions, {"dataset": name, **metadata})
 

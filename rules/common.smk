@@ -12,15 +12,31 @@ os.environ.update(
 )
 
 sys.path.insert(0, workflow.basedir)
+from clipbench.config_checks import config_problems
 from clipbench.views import view_name
+
+# Beyond the schema: a key repeated in a config file (the loader keeps the last one silently)
+# and names equal but for case (they share paths on case-insensitive filesystems).
+_config_problems = config_problems(config, workflow.configfiles)
+if _config_problems:
+    raise WorkflowError("config refused:\n" + "\n".join(_config_problems))
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 # Local files a model spec may name; they become inputs so edits and demo rules chain in.
 MODEL_FILE_KEYS = ("checkpoint", "model_config", "text_model_dir", "image_checkpoint")
 DATASET_FILE_KEYS = ("parquet", "hf_folder")
-GEOMETRY_KEYS = ("kind", "arch", "model_config", "pretrained", "checkpoint", "image_arch")
-GEOMETRY_KEYS += ("image_weights", "image_checkpoint", "image_size")
+GEOMETRY_KEYS = (
+    "kind",
+    "arch",
+    "model_config",
+    "pretrained",
+    "checkpoint",
+    "image_arch",
+    "image_weights",
+    "image_checkpoint",
+    "image_size",
+)
 # Models expected to resize/crop alike share one decoded copy of each dataset (clipbench.views).
 VIEWS = {model: view_name(spec) for model, spec in config["models"].items()}
 VIEW_MODEL = {}

@@ -7,6 +7,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from clipbench.config_checks import DuplicateKey, case_collisions, config_problems, duplicate_keys
 from tests.conftest import ROOT
 
 SCHEMA = str(ROOT / "schemas" / "config.schema.yaml")
@@ -115,3 +116,103 @@ def test_conda_env_pins_match_requirements():
         k: v.replace("_", "-").lower() for k, v in req.items()
     }
     assert {"torch", "open-clip-torch", "snakemake"} <= set(req)
+
+
+def test_schema_default_and_refusal_of_on_bad_image():
+    cfg = {
+        "datasets": {"d": {"source": {"parquet": "x"}}},
+        "models": {"m": {"kind": "bert_resnet"}},
+    }
+    validate(cfg, SCHEMA)
+    assert cfg["datasets"]["d"]["on_bad_image"] == "error"
+    cfg["datasets"]["d"]["on_bad_image"] = "ignore"
+    with pytest.raises(WorkflowError, match=re.escape("'ignore' is not one of ['error', 'skip']")):
+        validate(cfg, SCHEMA)
+
+
+NESTED_DUPLICATE = """\
+datasets:
+  d:
+    source: {parquet: x.parquet}
+models:
+  a:
+    kind: open_clip
+    arch: RN50
+    pretrained: openai
+    arch: ViT-B-32
+  b: {kind: bert_resnet, ridge: {folds: 3, folds: 4}}
+"""
+
+
+def test_duplicate_keys_found_at_any_depth_with_their_lines():
+    assert duplicate_keys(NESTED_DUPLICATE) == [
+        DuplicateKey("models.a", "arch", 9, 7),
+        DuplicateKey("models.b.ridge", "folds", 10, 10),
+    ]
+    assert duplicate_keys("a: 1\nb: [{x: 1}, {x: 2, x: 3}]\na: 2\n") == [
+        DuplicateKey("b[1]", "x", 2, 2),
+        DuplicateKey("", "a", 3, 1),
+    ]
+    assert duplicate_keys(yaml.safe_dump(load("config.yaml"))) == []
+    assert duplicate_keys((ROOT / "config.yaml").read_text()) == []
+    assert duplicate_keys("") == []
+    # 1 and "1" are different keys once loaded; anchors and aliases are walked once.
+    assert duplicate_keys('m: {1: a, "1": b}\nx: &x {k: 1}\ny: *x\n') == []
+
+
+def test_duplicate_keys_in_a_json_config_indented_with_tabs():
+    text = '{\n\t"models": {\n\t\t"a": {"kind": "bert_resnet"},\n\t\t"a": {}\n\t}\n}\n'
+    assert duplicate_keys(text) == [DuplicateKey("models", "a", 4, 3)]
+
+
+def test_names_equal_after_case_folding_collide():
+    cfg = {
+        "datasets": {"Pokemon": {}, "naruto": {}, "pokemon": {}},
+        "models": {"ViT": {}, "RN": {}},
+    }
+    (problem,) = case_collisions(cfg)
+    assert problem.startswith("datasets 'Pokemon' and 'pokemon' differ only in case")
+    assert case_collisions({"datasets": {"Straße": {}}, "models": {"STRASSE": {}}}) == []
+    assert (
+        "models 'Straße' and 'STRASSE'"
+        in case_collisions({"models": {"Straße": 1, "STRASSE": 2}})[0]
+    )
+
+
+def test_config_problems_name_the_file_the_line_and_the_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(NESTED_DUPLICATE)
+    cfg = yaml.safe_load(NESTED_DUPLICATE)
+    cfg["models"]["A"] = cfg["models"]["a"]
+    first, second, third = config_problems(cfg, [str(path)])
+    assert first.startswith(f"{path}, line 9: key 'arch' appears twice under 'models.a'")
+    assert "(first at line 7)" in first and "rename or remove one" in first
+    assert second.startswith(f"{path}, line 10: key 'folds'")
+    assert third.startswith("models 'a' and 'A' differ only in case")
+    assert config_problems(load("config.yaml"), [ROOT / "config.yaml"]) == []
+    assert config_problems(load("tests/demo/config.yaml"), [ROOT / "tests/demo/config.yaml"]) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "replacement, message",
+    [
+        (
+            "  tiny-rn:\n",
+            # the demo config's tiny-rn is at line 16, the model after it at line 21
+            r"dup\.yaml, line 21: key 'tiny-rn' appears twice under 'models' \(first at line 16\)",
+        ),
+        ("  TINY-rn:\n", "models 'tiny-rn' and 'TINY-rn' differ only in case"),
+    ],
+)
+def test_dry_run_refuses_duplicate_model_names_before_any_job(tmp_path, replacement, message):
+    from tests.test_workflow import results_files
+    from tests.workflow_runs import snakemake, workflow_copy
+
+    root = workflow_copy(tmp_path / "wf")
+    demo = (root / "tests/demo/config.yaml").read_text()
+    (root / "dup.yaml").write_text(demo.replace("  tiny-vit-32:\n", replacement, 1))
+    done = snakemake(root, "-n", "--cores", "1", "--configfile", "dup.yaml", check=False)
+    assert done.returncode != 0
+    assert re.search(message, done.stdout + done.stderr)
+    assert results_files(root) == [] and not (root / "logs").exists()

@@ -1,3 +1,4 @@
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -77,7 +78,7 @@ def test_plain_binary_and_path_only_images(tmp_path):
         pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
     )
     raw = pa.table({"image": struct, "caption": ["x"]})
-    table, _ = canonical_tables(raw, "image", "caption", base_dir=tmp_path)
+    table, _, _ = canonical_tables(raw, "image", "caption", base_dir=tmp_path)
     assert table["image"].to_pylist() == [blob]
     raw = pa.table({"img": pa.array([blob], pa.binary()), "caption": ["x"]})
     assert canonical_tables(raw, "img", "caption")[0]["image"].to_pylist() == [blob]
@@ -109,14 +110,14 @@ def test_list_column_gives_several_captions_per_image(tmp_path):
 def test_repeated_images_grouped_by_bytes_when_asked():
     a, b = png_bytes(Image.new("RGB", (4, 4), "red")), png_bytes(Image.new("RGB", (4, 4)))
     raw = raw_table(["a1", "b1", "a2"], [a, b, a])
-    images, captions = canonical_tables(raw, "image", "text", image_grouping="bytes")
+    images, captions, _ = canonical_tables(raw, "image", "text", image_grouping="bytes")
     assert images["image"].to_pylist() == [a, b]
     assert captions.to_pydict() == {
         "id": [0, 1, 2],
         "image_id": [0, 1, 0],
         "text": ["a1", "b1", "a2"],
     }
-    images, captions = canonical_tables(raw, "image", "text")  # "row": the seed's setup
+    images, captions, _ = canonical_tables(raw, "image", "text")  # "row": the seed's setup
     assert images.num_rows == 3 and captions["image_id"].to_pylist() == [0, 1, 2]
 
 
@@ -246,3 +247,94 @@ def test_hub_split_without_file_reads_every_shard_of_the_split(tmp_path):
     assert (
         "checks a single file" in run_hub(cfg({"hub": hub, "sha256": "a" * 64}), tmp_path)["error"]
     )
+
+
+IT = ("image", "text")
+
+
+def truncated_jpeg() -> bytes:
+    """A complete JPEG header, then half of the scan data: only a full decode finds it."""
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    blob = png_bytes(Image.fromarray(noise), "JPEG")
+    return blob[: len(blob) // 2]
+
+
+def test_truncated_image_passes_download_by_default():
+    # on_bad_image: error reads headers only; the pixels stage reports the broken body.
+    good = png_bytes(Image.new("RGB", (4, 4)))
+    images, _, skipped = canonical_tables(raw_table(["a", "b"], [good, truncated_jpeg()]), *IT)
+    assert images.num_rows == 2 and skipped == {}
+
+
+def test_bad_image_error_names_the_row_and_the_skip_option():
+    blobs = [png_bytes(Image.new("RGB", (4, 4))), b"garbage", b"junk"]
+    with pytest.raises(InputError, match=r"row 1: .*fix or remove.*`on_bad_image: skip`"):
+        canonical_tables(raw_table(["a", "b", "c"], blobs), *IT)
+    with pytest.raises(InputError, match=r"row 1: .*`on_bad_image: skip`"):
+        canonical_tables(raw_table(["a", "b", "c"], blobs), *IT, on_bad_image="error")
+
+
+def test_skip_leaves_out_bad_rows_with_their_captions():
+    a, c, f = (png_bytes(Image.new("RGB", (4, 4), colour)) for colour in ("red", "blue", "green"))
+    blobs = [a, b"garbage", c, truncated_jpeg(), None, f]
+    texts = [["a1"], ["b1", "b2"], ["c1", "c2"], ["d1"], ["e1"], ["f1"]]
+    raw = pa.table(
+        {"image": pa.array(blobs, pa.binary()), "text": pa.array(texts, pa.list_(pa.string()))}
+    )
+    images, captions, skipped = canonical_tables(raw, *IT, on_bad_image="skip")
+    assert images.to_pydict() == {"id": [0, 1, 2], "image": [a, c, f], "text": ["a1", "c1", "f1"]}
+    assert captions.to_pydict() == {
+        "id": [0, 1, 2, 3],
+        "image_id": [0, 1, 1, 2],
+        "text": ["a1", "c1", "c2", "f1"],
+    }
+    assert sorted(skipped) == [1, 3, 4]
+    assert skipped[1] == "image bytes are not a recognised image format"
+    assert skipped[3].startswith("image bytes cannot be decoded (OSError: image file is truncated")
+    assert skipped[4] == "no image bytes stored"
+
+
+def test_skip_with_byte_grouping_keeps_ids_contiguous():
+    a, b = png_bytes(Image.new("RGB", (4, 4), "red")), png_bytes(Image.new("RGB", (4, 4)))
+    raw = raw_table(["x1", "a1", "x2", "b1", "a2"], [b"bad", a, b"bad", b, a])
+    images, captions, skipped = canonical_tables(
+        raw, *IT, image_grouping="bytes", on_bad_image="skip"
+    )
+    assert sorted(skipped) == [0, 2]
+    assert images["image"].to_pylist() == [a, b] and images["id"].to_pylist() == [0, 1]
+    assert captions["image_id"].to_pylist() == [0, 1, 0]
+    assert captions["text"].to_pylist() == ["a1", "b1", "a2"]
+
+
+def test_skip_counts_decompression_bombs_as_bad_images(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 20×20 = 400 > 2 × limit: refused
+    small, bomb = png_bytes(Image.new("RGB", (4, 4))), png_bytes(Image.new("RGB", (20, 20)))
+    images, _, skipped = canonical_tables(
+        raw_table(["a", "b"], [bomb, small]), *IT, on_bad_image="skip"
+    )
+    assert images["image"].to_pylist() == [small]
+    assert skipped == {0: "image exceeds PIL's decompression-bomb pixel limit"}
+
+
+def test_skip_of_every_row_is_zero_rows():
+    with pytest.raises(InputError, match=r"zero rows.*row 0: image bytes are not a recognised"):
+        canonical_tables(raw_table(["a", "b"], [b"bad", b"worse"]), *IT, on_bad_image="skip")
+
+
+def test_skipped_source_rows_in_the_metadata(tmp_path):
+    good = png_bytes(Image.new("RGB", (4, 4)))
+    path = tmp_path / "d.parquet"
+    pq.write_table(raw_table(list("abcde"), [good, truncated_jpeg(), good, good, b"x"]), path)
+    images, captions, meta = load_dataset(cfg({"parquet": str(path)}, on_bad_image="skip"))
+    assert images["id"].to_pylist() == [0, 1, 2]
+    assert captions["text"].to_pylist() == ["a", "c", "d"]
+    assert meta["on_bad_image"] == "skip"
+    assert [s["row"] for s in meta["skipped_rows"]] == [1, 4]
+    assert "truncated" in meta["skipped_rows"][0]["reason"]
+    assert (meta["source_rows"], meta["num_rows"], meta["num_captions"]) == (5, 3, 3)
+    # `limit` takes the first rows of the source, then the bad ones among them are left out.
+    _, _, meta = load_dataset(cfg({"parquet": str(path)}, on_bad_image="skip", limit=3))
+    assert [s["row"] for s in meta["skipped_rows"]] == [1] and meta["num_rows"] == 2
+    # Without the option (or with error), nothing is skipped and the metadata says so.
+    _, _, meta = load_dataset(cfg({"parquet": str(path)}, limit=4))
+    assert (meta["on_bad_image"], meta["skipped_rows"], meta["num_rows"]) == ("error", [], 4)
