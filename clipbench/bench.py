@@ -90,7 +90,8 @@ def gemm_peaks(device: torch.device, n: int, repeats: int) -> list[dict]:
 
 
 def model_cases(device: torch.device, channels_last: bool):
-    """(name, kind, module, input maker(batch)) for each encoder tower, random weights."""
+    """(name, kind, owner module, callable, input maker(batch), convolutional) for each encoder
+    tower, random weights."""
     import open_clip
     import torchvision
     from transformers import BertConfig, BertModel
@@ -109,25 +110,27 @@ def model_cases(device: torch.device, channels_last: bool):
         visual = model.visual
         if channels_last and arch.startswith("RN"):
             visual = visual.to(memory_format=torch.channels_last)
-        yield f"clip {arch} image", "image", visual, visual, image_input(224)
+        conv = arch.startswith("RN")
+        yield f"clip {arch} image", "image", visual, visual, image_input(224), conv
         if arch == "ViT-B-32":
             tokens = open_clip.get_tokenizer(arch)([CAPTION])[0].to(device)
 
             def text_input(batch, tokens=tokens):
                 return tokens.expand(batch, -1).contiguous()
 
-            yield "clip text, padded to 77", "text", model, model.encode_text, text_input
+            yield "clip text, padded to 77", "text", model, model.encode_text, text_input, False
             yield (
                 "clip text, truncated",
                 "text",
                 model,
                 lambda t, model=model: encode_text_truncated(model, t),
                 text_input,
+                False,
             )
     resnet = torchvision.models.resnet50().to(device).eval()
     if channels_last:
         resnet = resnet.to(memory_format=torch.channels_last)
-    yield "torchvision resnet50", "image", resnet, resnet, image_input(224)
+    yield "torchvision resnet50", "image", resnet, resnet, image_input(224), True
     bert = BertModel(BertConfig()).to(device).eval()
     n_tokens = 14  # [CLS] + the caption's word pieces + [SEP]
 
@@ -148,6 +151,7 @@ def model_cases(device: torch.device, channels_last: bool):
             bert,
             lambda x, bert=bert: bert(input_ids=x[0], attention_mask=x[1]),
             bert_input,
+            False,
         )
 
 
@@ -163,17 +167,23 @@ def flops_per_item(module, make_input) -> float:
 
 
 def model_throughput(
-    device, batch: int, repeats: int, precision: str, channels_last: bool
+    device, batch: int | str, repeats: int, precision: str, channels_last: bool
 ) -> list[dict]:
     """Each tower run as the workflow runs it at ``precision`` (see
-    :func:`clipbench.encode.precision_context`; bf16 on CPU casts the weights)."""
-    from clipbench.encode import precision_context
+    :func:`clipbench.encode.precision_context`; bf16 on CPU casts the weights), at ``batch``
+    or, for "auto", at the batch the workflow's ``batch_size: auto`` picks for it."""
+    from clipbench.encode import AUTO_BATCH, precision_context
 
     rows = []
     cast = precision == "bf16" and device.type == "cpu"
-    for name, kind, owner, module, make_input in model_cases(device, channels_last):
+    auto = AUTO_BATCH["cuda" if device.type == "cuda" else "cpu"]
+    for name, kind, owner, module, make_input, conv in model_cases(device, channels_last):
+        if batch == "auto":
+            size = auto["convolutional" if conv and channels_last else "other"]
+        else:
+            size = int(batch)
         flops = flops_per_item(module, make_input)
-        x = make_input(batch)
+        x = make_input(size)
         if cast:
             owner.to(torch.bfloat16)
             if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -190,10 +200,10 @@ def model_throughput(
                 "name": name,
                 "kind": kind,
                 "precision": precision,
-                "batch": batch,
+                "batch": size,
                 "gflop_per_item": flops / 1e9,
-                "items_per_s": batch / seconds,
-                "gflops": flops * batch / seconds / 1e9,
+                "items_per_s": size / seconds,
+                "gflops": flops * size / seconds / 1e9,
             }
         )
     return rows
@@ -374,7 +384,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--batch",
+        default="auto",
+        type=lambda v: v if v == "auto" else int(v),
+        help="items per forward pass; auto: what the workflow's batch_size: auto picks per tower",
+    )
     parser.add_argument(
         "--precision",
         nargs="+",
