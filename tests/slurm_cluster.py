@@ -2,7 +2,8 @@
 
 munged, slurmctld and slurmd run as children of the test process (slurmctld and slurmd in the
 foreground, so the PIDs started are the daemons' PIDs); teardown kills exactly those PIDs. The
-slurm.conf goes to /etc/slurm/slurm.conf (one already there is set aside and put back after): the
+slurm.conf goes to /etc/slurm/slurm.conf (a machine with another cluster's file there is
+skipped, never changed; the test's own file is removed after): the
 jobstep plugin drops every SLURM_* variable, SLURM_CONF included, before its `srun` inside a job,
 so `srun` only finds the standard path. Without slurmdbd, job states come
 from slurmctld alone: squeue sees finished jobs for MinJobAge seconds, which is what
@@ -31,12 +32,16 @@ MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 MIN_JOB_AGE = 3600
 PARTITION = "debug"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+CLUSTER_NAME = "ClusterName=clipbench-test"
 
 
 def cannot_run() -> str | None:
     """Why this machine cannot host the cluster (None: it can, installing what is missing)."""
     if os.geteuid() != 0:
         return "SLURM test cluster: needs root (to install Debian's slurm/munge and run slurmd)"
+    # A machine that is part of a real cluster keeps its configuration: never replace it.
+    if SLURM_CONF.exists() and CLUSTER_NAME not in SLURM_CONF.read_text(errors="replace"):
+        return f"SLURM test cluster: {SLURM_CONF} belongs to another cluster; not touching it"
     if all(Path(p).exists() for p in DAEMONS):
         return None
     if shutil.which("apt-get") is None:
@@ -82,7 +87,7 @@ def real_memory_mb() -> int:
 
 def slurm_conf(root: Path, host: str) -> str:
     return f"""\
-ClusterName=clipbench-test
+{CLUSTER_NAME}
 SlurmctldHost={host}
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
@@ -194,9 +199,6 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
     for d in ("state", "spool"):
         (root / d).mkdir(exist_ok=True)
     node = node_name()
-    aside = SLURM_CONF.with_name("slurm.conf.before-clipbench-test")
-    if SLURM_CONF.exists() and not aside.exists():
-        SLURM_CONF.rename(aside)
     SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
     SLURM_CONF.write_text(slurm_conf(root, node))
     shutil.copy2(SLURM_CONF, root / "slurm.conf")
@@ -236,5 +238,3 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
                 p.kill()
                 p.wait()
         SLURM_CONF.unlink(missing_ok=True)
-        if aside.exists():
-            aside.rename(SLURM_CONF)
