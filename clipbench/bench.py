@@ -178,10 +178,7 @@ def model_throughput(
     cast = precision == "bf16" and device.type == "cpu"
     auto = AUTO_BATCH["cuda" if device.type == "cuda" else "cpu"]
     for name, kind, owner, module, make_input, conv in model_cases(device, channels_last):
-        if batch == "auto":
-            size = auto["convolutional" if conv and channels_last else "other"]
-        else:
-            size = int(batch)
+        size = auto["convolutional" if conv else "other"] if batch == "auto" else int(batch)
         flops = flops_per_item(module, make_input)
         x = make_input(size)
         if cast:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipbench.errors import InputError
-from clipbench.hub import fetch, file_sha256
+from clipbench.hub import HUB_ADVICE, fetch, file_sha256
 from clipbench.images import check_image_header, image_problem
 
 IMAGES_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
@@ -59,6 +59,8 @@ def download_hub_split(repo_id: str, revision: str, split: str, retry: dict) -> 
     """Every parquet file of one split of a hub dataset repo, pinned to ``revision``."""
     from huggingface_hub import snapshot_download
 
+    first: list[str] = []  # the split's files as the first attempt found them
+
     def download() -> list[Path]:
         folder = Path(
             snapshot_download(
@@ -70,11 +72,20 @@ def download_hub_split(repo_id: str, revision: str, split: str, retry: dict) -> 
         )
         everything = sorted(folder.rglob("*.parquet"))
         files = [p for p in everything if in_split(p.relative_to(folder), split)]
+        names = [str(p.relative_to(folder)) for p in files]
+        # A corrupt file is deleted before the next attempt; where that attempt cannot reach
+        # the hub (offline), the snapshot comes back without it: fail, never read fewer rows.
+        if first and (missing := sorted(set(first) - set(names))):
+            raise InputError(
+                f"{repo_id}@{revision}: {missing} arrived corrupt and could not be fetched "
+                f"again (offline, or the hub unreachable); retry online. {HUB_ADVICE}"
+            )
+        first[:] = first or names
         if not files:
-            names = [str(p.relative_to(folder)) for p in everything][:20]
+            found = [str(p.relative_to(folder)) for p in everything][:20]
             raise InputError(
                 f"{repo_id}@{revision} has no parquet files for split {split!r} "
-                f"(found {names}); set `split`, or name one `file`"
+                f"(found {found}); set `split`, or name one `file`"
             )
         return files
 

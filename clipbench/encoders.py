@@ -4,6 +4,7 @@ the same library loaders (open_clip, transformers, torchvision)."""
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         # else, so a checkpoint cannot run code.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch names the first global it refused ("… unsupported GLOBAL posix.system …").
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise InputError(
+                f"checkpoint {path} holds more than tensors (it refers to {found[1]}), and "
+                "pickled objects could run code; save its state_dict as .safetensors instead"
+            ) from exc
         raise InputError(
-            f"checkpoint {path} holds more than tensors, and pickled objects could run code "
-            f"({str(exc).splitlines()[0]}); save its state_dict as .safetensors instead"
+            f"checkpoint {path} is not a readable torch checkpoint (torch.load with "
+            "weights_only refused it); use .safetensors or a torch.save(state_dict) file"
         ) from exc
     return state.get("state_dict", state) if isinstance(state, dict) else state
 

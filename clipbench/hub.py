@@ -64,12 +64,15 @@ def verify_cached(path: Path) -> str | None:
 
 def is_final(exc: BaseException) -> bool:
     """Errors that another attempt cannot fix: a wrong name or revision, no access, offline."""
-    from huggingface_hub import errors
+    from huggingface_hub import constants, errors
 
+    if isinstance(exc, errors.LocalEntryNotFoundError):
+        # Not cached, and either offline (final) or the hub did not answer (worth another try).
+        return constants.HF_HUB_OFFLINE
     final = (
         errors.RepositoryNotFoundError,  # includes gated repos
         errors.RevisionNotFoundError,
-        errors.EntryNotFoundError,  # includes "not in the local cache" while offline
+        errors.EntryNotFoundError,
         errors.DisabledRepoError,
         errors.OfflineModeIsEnabled,
         errors.HFValidationError,

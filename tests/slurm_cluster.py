@@ -42,6 +42,14 @@ def cannot_run() -> str | None:
     # A machine that is part of a real cluster keeps its configuration: never replace it.
     if SLURM_CONF.exists() and CLUSTER_NAME not in SLURM_CONF.read_text(errors="replace"):
         return f"SLURM test cluster: {SLURM_CONF} belongs to another cluster; not touching it"
+    if os.environ.get("SLURM_CONF", str(SLURM_CONF)) != str(SLURM_CONF):
+        return "SLURM test cluster: SLURM_CONF points to another cluster's configuration"
+    pgrep = shutil.which("pgrep")
+    if (
+        pgrep
+        and subprocess.run([pgrep, "-x", "slurmctld|slurmd"], capture_output=True).returncode == 0
+    ):
+        return "SLURM test cluster: slurmctld or slurmd already runs on this machine"
     if all(Path(p).exists() for p in DAEMONS):
         return None
     if shutil.which("apt-get") is None:
@@ -66,15 +74,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_name() -> str:
-    """`hostname -s`, added to /etc/hosts where it does not resolve."""
+HOSTS = Path("/etc/hosts")
+
+
+def node_name() -> tuple[str, str | None]:
+    """`hostname -s`, and the /etc/hosts line added (removed again after) where it does not
+    resolve."""
     host = socket.gethostname().split(".")[0]
     try:
         socket.gethostbyname(host)
+        return host, None
     except OSError:
-        with open("/etc/hosts", "a") as hosts:
-            hosts.write(f"127.0.0.1 {host}\n")
-    return host
+        line = f"127.0.0.1 {host}  # clipbench SLURM test\n"
+        with open(HOSTS, "a") as hosts:
+            hosts.write(line)
+        return host, line
 
 
 def real_memory_mb() -> int:
@@ -198,7 +212,7 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
     root.mkdir(parents=True, exist_ok=True)
     for d in ("state", "spool"):
         (root / d).mkdir(exist_ok=True)
-    node = node_name()
+    node, hosts_line = node_name()
     SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
     SLURM_CONF.write_text(slurm_conf(root, node))
     shutil.copy2(SLURM_CONF, root / "slurm.conf")
@@ -238,3 +252,5 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
                 p.kill()
                 p.wait()
         SLURM_CONF.unlink(missing_ok=True)
+        if hosts_line:
+            HOSTS.write_text(HOSTS.read_text().replace(hosts_line, "", 1))

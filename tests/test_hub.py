@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -27,10 +28,12 @@ class FakeHub(http.server.ThreadingHTTPServer):
     X-Repo-Commit, byte ranges), misbehaving on purpose: ``break_first`` GETs close the
     connection halfway through the body, ``corrupt_first`` GETs send flipped bytes."""
 
-    def __init__(self, data: bytes, break_first: int = 0, corrupt_first: int = 0):
-        super().__init__(("127.0.0.1", 0), FakeHubHandler)
+    def __init__(self, data: bytes, break_first=0, corrupt_first=0, drop_first=0, port=0):
+        super().__init__(("127.0.0.1", port), FakeHubHandler)
         self.data, self.break_first, self.corrupt_first = data, break_first, corrupt_first
+        self.drop_first = drop_first  # HEADs answered by closing the connection
         self.gets: list[str | None] = []  # the Range header of every GET
+        self.heads = 0
 
 
 class FakeHubHandler(http.server.BaseHTTPRequestHandler):
@@ -59,7 +62,11 @@ class FakeHubHandler(http.server.BaseHTTPRequestHandler):
         return False
 
     def do_HEAD(self):
-        if self._known():
+        self.server.heads += 1
+        if self.server.heads <= self.server.drop_first:
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif self._known():
             self._headers(200, len(self.server.data))
 
     def do_GET(self):
@@ -184,6 +191,48 @@ def test_a_download_that_keeps_failing_gives_up_naming_the_file(tmp_path, parque
     assert not [p for p in repo.rglob("*") if p.is_file() or p.is_symlink()]
 
 
+def test_a_hub_that_does_not_answer_is_asked_again(tmp_path, parquet_bytes):
+    server = FakeHub(parquet_bytes, drop_first=2)
+    out = fetch_from(server, tmp_path / "cache", attempts=3)
+    assert out["rows"] == 12 and server.heads == 3 and server.gets == [None]
+
+
+def test_a_hub_that_cannot_be_reached_is_tried_again(tmp_path, parquet_bytes):
+    """Connection refused: huggingface_hub reports "not in the local cache", which is final
+    only offline. The fake hub starts listening once the first attempt has failed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    source = {"hub": {"repo_id": REPO, "revision": COMMIT, "file": FILE}}
+    retry = {"attempts": 2, "wait_seconds": 1}
+    run = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    warning = run.stderr.readline()
+    while warning and "retrying in" not in warning:
+        warning = run.stderr.readline()
+    assert "attempt 1 of 2" in warning, warning
+    server = FakeHub(parquet_bytes, port=port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out, _ = run.communicate(timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert json.loads(out.strip().splitlines()[-1])["rows"] == 12
+
+
 def test_a_missing_file_is_not_retried(tmp_path, parquet_bytes):
     server = FakeHub(parquet_bytes)
     out = fetch_from(server, tmp_path / "cache", attempts=4, file="data/absent.parquet")
@@ -228,3 +277,35 @@ def test_cached_blobs_are_checked_against_their_etag_name(tmp_path):
     with pytest.raises(hub.CorruptDownload, match="lfs.bin"):
         hub.verify_cached(snap / "lfs.bin")
     assert not (snap / "lfs.bin").exists() and len(list(blobs.iterdir())) == 1
+
+
+def test_a_corrupt_shard_that_cannot_be_refetched_fails_instead_of_dropping_rows(tmp_path):
+    """Offline, a split's snapshot comes back without the shard found corrupt and deleted: the
+    download must fail, not read the remaining shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "cache" / "datasets--org--multi"
+    snapshot, blobs = repo / "snapshots" / COMMIT / "data", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for shard, bad in (("train-00000-of-00002", False), ("train-00001-of-00002", True)):
+        pq.write_table(pa.table({"image": [b"x"], "text": [shard]}), tmp_path / "shard")
+        data = (tmp_path / "shard").read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data[:-10] if bad else data)
+        (snapshot / f"{shard}.parquet").symlink_to(blob)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    source = {"hub": {"repo_id": "org/multi", "revision": COMMIT}}
+    retry = {"attempts": 3, "wait_seconds": 0}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    error = json.loads(done.stdout.strip().splitlines()[-1])["error"]
+    assert "['data/train-00001-of-00002.parquet'] arrived corrupt" in error
+    assert "HF_HUB_OFFLINE" in error
