@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,24 +42,81 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary file beside ``path`` that becomes ``path`` only once the block completes:
-    readers, and Snakemake, never see a half-written artifact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+# Fault injection for the crash tests: a job about to rename a finished artifact whose path
+# matches this glob touches the file named by HOLD_NOTICE and waits there to be killed, so a
+# test can SIGKILL a run at exactly that point (some outputs in place, one still temporary).
+HOLD_BEFORE_RENAME = "CLIPBENCH_HOLD_BEFORE_RENAME"
+HOLD_NOTICE = "CLIPBENCH_HOLD_NOTICE"
+
+
+def _hold_if_asked(path: Path) -> None:
+    pattern = os.environ.get(HOLD_BEFORE_RENAME)
+    if pattern and fnmatch.fnmatch(path.as_posix(), pattern):
+        Path(os.environ[HOLD_NOTICE]).write_text(str(path))
+        time.sleep(3600)
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _clear_stale(path: Path) -> None:
     # A job killed mid-write (SIGKILL, a lost node) leaves its temporary file behind; only the
     # job that owns ``path`` writes these, so the rerun of that job clears them.
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file beside ``path`` that becomes ``path`` only once the block completes:
+    readers, and Snakemake, never see a half-written artifact. The data reaches the disk before
+    the rename and the rename before the block returns, so a power cut leaves the old state or
+    the whole new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
+        _fsync(tmp)
+        _hold_if_asked(path)
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_path`` for an artifact that is a folder of files (a saved model)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_umask())
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync(f)
+        _hold_if_asked(path)
+        if path.is_dir():  # a rename cannot replace a non-empty folder
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

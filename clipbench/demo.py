@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from clipbench.arrow_io import atomic_dir, atomic_path
+
 COLORS = {
     "red": (220, 40, 40),
     "yellow": (240, 210, 40),
@@ -115,15 +117,15 @@ def write_demo_parquet(path: str, rows: int, seed: int, multi: bool = False) -> 
         {"image": [{"bytes": b, "path": None} for b in blobs], "text": captions},
         features=features,
     )
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    data.to_parquet(path)
+    with atomic_path(path) as tmp:
+        data.to_parquet(str(tmp))
 
 
 def save_safetensors(module: torch.nn.Module, path: str) -> None:
     from safetensors.torch import save_file
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
 
 
 def write_open_clip_checkpoint(model_config: str, path: str, seed: int) -> None:
@@ -144,10 +146,13 @@ def write_torchvision_checkpoint(arch: str, path: str, seed: int) -> None:
 
 def write_bert(out_dir: str, seed: int, hidden: int = 32, layers: int = 2) -> None:
     """A tiny BERT with a word-level vocabulary covering the demo captions."""
+    with atomic_dir(out_dir) as out:
+        _write_bert(out, seed, hidden, layers)
+
+
+def _write_bert(out: Path, seed: int, hidden: int, layers: int) -> None:
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(CAPTION_WORDS))]
     vocab_path = out / "vocab.txt"
     vocab_path.write_text("\n".join(vocab) + "\n")

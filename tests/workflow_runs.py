@@ -74,9 +74,14 @@ def demo_subset(root: Path, datasets: list[str], models: list[str], name: str) -
     return path
 
 
-def arrow_digests(root: Path) -> dict[str, str]:
-    """sha256 of every Arrow artifact under results/, by path relative to it."""
+def artifact_digests(root: Path, pattern: str = "*") -> dict[str, str]:
+    """sha256 of every file under results/ matching ``pattern``, by path relative to it."""
     return {
         str(p.relative_to(root / "results")): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted((root / "results").rglob("*.arrow"))
+        for p in sorted((root / "results").rglob(pattern))
+        if p.is_file()
     }
+
+
+def arrow_digests(root: Path) -> dict[str, str]:
+    return artifact_digests(root, "*.arrow")
