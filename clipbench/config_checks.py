@@ -1,6 +1,7 @@
 """What the schema cannot see in a config: keys a file repeats (PyYAML, and json too, silently
 keep the last, so a second model of the same name replaces the first) and dataset or model names
-that differ only in case (their results would share paths on case-insensitive filesystems).
+that differ only in case (their results would share paths on case-insensitive filesystems),
+and model names that end like another model's per-model files (`x.i2t` beside `x`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, NamedTuple
 import yaml
 
 NAMED_SECTIONS = ("datasets", "models")
+# Per-model files are results/<dataset>/<stage>/<model>[.i2t|.kde|.ranks].arrow.
+RESERVED_SUFFIXES = (".i2t", ".kde", ".ranks")
 
 
 class DuplicateKey(NamedTuple):
@@ -99,4 +102,15 @@ def config_problems(
                 f"line {dup.first_line}); only the last is kept, so the first would be silently "
                 "ignored: rename or remove one"
             )
-    return problems + case_collisions(config)
+    return problems + case_collisions(config) + reserved_suffixes(config)
+
+
+def reserved_suffixes(config: Mapping[str, Any]) -> list[str]:
+    models = config.get("models")
+    return [
+        f"model name {name!r} ends in {suffix!r}, which names another model's files "
+        f"(results/…/<model>{suffix}.arrow); rename it"
+        for name in (models if isinstance(models, Mapping) else ())
+        for suffix in RESERVED_SUFFIXES
+        if str(name).endswith(suffix)
+    ]

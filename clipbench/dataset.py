@@ -177,10 +177,18 @@ def image_bytes(column: pa.ChunkedArray | pa.Array, base_dir: Path | None) -> li
         names = [column.type.field(i).name for i in range(column.type.num_fields)]
         data = column.field("bytes").to_pylist() if "bytes" in names else [None] * len(column)
         paths = column.field("path").to_pylist() if "path" in names else [None] * len(column)
+        root = Path(base_dir or ".").resolve()
         out = []
-        for blob, rel in zip(data, paths, strict=True):
+        for row, (blob, rel) in enumerate(zip(data, paths, strict=True)):
             if blob is None and rel:
-                candidate = Path(rel) if base_dir is None else base_dir / rel
+                candidate = (root / rel).resolve()
+                # A dataset names images beside itself; it cannot make the workflow read (and
+                # put into artifacts and reports) any other file on the machine.
+                if not candidate.is_relative_to(root):
+                    raise InputError(
+                        f"row {row}: image path {rel!r} points outside the dataset's folder "
+                        f"{root}; keep the images beside the parquet file (or embed their bytes)"
+                    )
                 blob = candidate.read_bytes() if candidate.is_file() else None
             out.append(blob)
         return out
@@ -263,7 +271,10 @@ def canonical_tables(
     if limit is not None:
         raw = raw.slice(0, limit)
     if raw.num_rows == 0:
-        raise InputError("the dataset has zero rows; check the source file and `limit`")
+        raise InputError(
+            f"the dataset has zero rows{' after limit = 0' if limit == 0 else ''}; check that "
+            "the source file holds rows (and `limit`, if set)"
+        )
     captions_per_row = caption_lists(raw[text_column], text_column)
     blobs = image_bytes(raw[image_column], base_dir)
     skipped = bad_image_rows(blobs, on_bad_image)

@@ -295,7 +295,7 @@ class Session:
         device = resolve_device(settings["device"])
         precision_context(device, settings["precision"])  # fail fast on an impossible combo
         log.info("loading %s on %s (%s)", model_name, device, settings["precision"])
-        encoder = load_encoder(spec, device)
+        encoder = load_encoder(spec, device, settings.get("download"))
         images = read_table(dataset_path)
         stored = StoredPixels(pixels_path) if pixels_path else None
         if stored is not None and not stored.usable_by(encoder, images["id"].to_numpy()):

@@ -116,27 +116,115 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def fetch_hub_file(
+    repo_id: str, filenames: list[str], revision: str, retry: dict | None, what: str
+) -> Path:
+    """The first of ``filenames`` that ``repo_id`` holds at ``revision``, through clipbench.hub:
+    a broken transfer is resumed and retried, and the bytes are checked against the hub's
+    content hash before anything loads them. ``retry`` (config `download`) None: one attempt."""
+    from huggingface_hub import errors, hf_hub_download
+
+    from clipbench.hub import fetch
+
+    def download() -> list[Path]:
+        missing: Exception | None = None
+        for name in filenames:
+            try:
+                return [Path(hf_hub_download(repo_id, name, revision=revision))]
+            except errors.EntryNotFoundError as exc:  # not in the repo (or not cached offline)
+                missing = exc
+        raise missing
+
+    retry = retry or {"attempts": 1, "wait_seconds": 0}
+    return fetch(download, f"{what} from {repo_id}@{revision}", advice=OFFLINE_HINT, **retry)[0]
+
+
+# open_clip's names for a model's weights in a hub repo, preferred first (as open_clip does).
+OPEN_CLIP_WEIGHTS = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def pinned_open_clip(spec: dict[str, Any], retry: dict | None) -> tuple[str, Any, dict]:
+    """The (architecture, pretrained, extra create_model arguments) that load a `revision`-pinned
+    hub model: the files fetched at that commit, then loaded as open_clip loads the unpinned
+    ones (a pretrained tag's QuickGELU and preprocessing applied as its config says)."""
+    import open_clip
+    from open_clip.transform import merge_preprocess_dict
+
+    arch, tag, revision = spec["arch"], spec.get("pretrained"), spec["revision"]
+    if arch.startswith("hf-hub:"):
+        repo_id = arch.removeprefix("hf-hub:")
+        config = fetch_hub_file(repo_id, ["open_clip_config.json"], revision, retry, "config")
+        fetch_hub_file(repo_id, OPEN_CLIP_WEIGHTS, revision, retry, "weights")
+        return f"local-dir:{config.parent}", None, {}
+    cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+    if not cfg.get("hf_hub"):
+        raise InputError(
+            f"`revision` pins hub files, and open_clip {arch!r}/{tag} has none: drop `revision`, "
+            "or give `pretrained` a tag hosted on the hub (open_clip.list_pretrained()), an "
+            "`hf-hub:` arch, or local weights as `checkpoint`"
+        )
+    repo_id, filename = _split_hub_entry(cfg["hf_hub"])
+    weights = fetch_hub_file(
+        repo_id, [filename] if filename else OPEN_CLIP_WEIGHTS, revision, retry, "weights"
+    )
+    # The preprocessing keys a tag's config may override, as create_model_and_transforms takes
+    # them for weights given as a file.
+    preprocess = merge_preprocess_dict({}, cfg)
+    extra = {
+        f"image_{key}": preprocess[key]
+        for key in ("mean", "std", "interpolation", "resize_mode")
+        if key in preprocess
+    }
+    extra["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+    return arch, str(weights), extra
+
+
+def _split_hub_entry(entry: str) -> tuple[str, str | None]:
+    """open_clip's `hf_hub` entries: 'org/repo/' (default file names) or 'org/repo/file'."""
+    org, repo, *rest = entry.split("/")
+    return f"{org}/{repo}", "/".join(rest) or None
+
+
 class OpenClipEncoder(Encoder):
     kind = "open_clip"
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: dict[str, Any], retry: dict | None = None):
         import open_clip
 
         arch = spec["arch"]
         register_model_config(spec)
-        pretrained = spec.get("checkpoint") or spec.get("pretrained")
-        if spec.get("checkpoint") and not Path(spec["checkpoint"]).is_file():
-            raise InputError(f"checkpoint {spec['checkpoint']} does not exist")
+        checkpoint = spec.get("checkpoint")
+        pretrained = checkpoint or spec.get("pretrained")
+        if checkpoint and not Path(checkpoint).is_file():
+            raise InputError(f"checkpoint {checkpoint} does not exist")
+        extra: dict[str, Any] = {}
+        if spec.get("revision"):
+            if checkpoint or arch.startswith("local-dir:"):
+                raise InputError(
+                    f"open_clip {arch!r}: `revision` pins hub files; local weights have none"
+                )
+            arch, pretrained, extra = pinned_open_clip(spec, retry)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained, require_pretrained=bool(pretrained)
+                arch, pretrained=pretrained, require_pretrained=bool(pretrained), **extra
             )
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            if not checkpoint:
+                raise
+            # Not a checkpoint torch reads with weights_only: our loader says why in the user's
+            # terms (a pickle holding objects, or no checkpoint at all), never "weights_only=False".
+            load_state_dict(checkpoint)
+            raise InputError(f"checkpoint {checkpoint} cannot be loaded: {exc}") from exc
         except RuntimeError as exc:
             text = str(exc)
-            if spec.get("checkpoint") and ("size mismatch" in text or "state_dict" in text):
+            mismatch = "size mismatch" in text or "state_dict" in text
+            if checkpoint and not mismatch:
+                load_state_dict(checkpoint)  # names an unreadable file as such
+            if checkpoint and mismatch:
                 raise InputError(
-                    f"checkpoint {spec['checkpoint']} does not match architecture {arch!r}: "
-                    f"{text.splitlines()[0]}"
+                    f"checkpoint {checkpoint} does not match architecture {arch!r}: "
+                    f"{text.splitlines()[0]}; save the weights of this architecture, or set "
+                    "`arch` (and `model_config`) to the one they were trained as"
                 ) from exc
             if "not found in built-ins" in text:
                 raise InputError(
@@ -261,7 +349,9 @@ class BertResnetEncoder(Encoder):
 
     kind = "bert_resnet"
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: dict[str, Any], retry: dict | None = None):
+        # transformers fetches the text model itself (at `text_revision`); torchvision checks
+        # its weights against the hash in their file name. `retry` serves open_clip's hub files.
         import torchvision
         from transformers import AutoModel, AutoTokenizer
 
@@ -289,20 +379,24 @@ class BertResnetEncoder(Encoder):
                 except RuntimeError as exc:
                     raise InputError(
                         f"image_checkpoint {spec['image_checkpoint']} does not match "
-                        f"torchvision {arch!r}: {str(exc).splitlines()[0]}"
+                        f"torchvision {arch!r}: {str(exc).splitlines()[0]}; save the state_dict "
+                        "of this architecture, or set image_arch to the one it was trained as"
                     ) from exc
             else:
-                weights = torchvision.models.get_model_weights(arch)[spec["image_weights"]]
+                weights = torchvision_weights(spec)
                 self.image_model = torchvision.models.get_model(arch, weights=weights)
             self.transform = imagenet_transform(spec)
+        except InputError:
+            raise
         except (ValueError, KeyError) as exc:
             raise InputError(
                 f"unknown torchvision model/weights {arch}/{spec.get('image_weights')}: {exc}"
             ) from exc
         except (OSError, RuntimeError) as exc:
-            if isinstance(exc, InputError):
-                raise
-            raise InputError(f"cannot fetch torchvision {arch} weights: {exc}") from exc
+            raise InputError(
+                f"cannot fetch torchvision {arch} weights: {exc}. Offline? Put the file in "
+                "torch's hub cache ($TORCH_HOME/hub/checkpoints) or give it as image_checkpoint"
+            ) from exc
 
         self.library_preprocess = self.transform
         text_dim = self.text_model.config.hidden_size
@@ -352,13 +446,31 @@ class BertResnetEncoder(Encoder):
 def imagenet_transform(spec: dict[str, Any]):
     """The torchvision preprocessing of the baseline's image tower: that of the named weights,
     or ImageNet's defaults at `image_size` for a local checkpoint."""
-    import torchvision
     from torchvision.transforms._presets import ImageClassification
 
     if spec.get("image_checkpoint"):
         return ImageClassification(crop_size=spec["image_size"])
-    weights = torchvision.models.get_model_weights(spec["image_arch"])[spec["image_weights"]]
-    return weights.transforms()
+    return torchvision_weights(spec).transforms()
+
+
+def torchvision_weights(spec: dict[str, Any]):
+    """The named weights of a torchvision classifier, or an error listing what exists."""
+    import torchvision
+
+    arch, name = spec["image_arch"], spec["image_weights"]
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError) as exc:
+        raise InputError(
+            f"unknown torchvision image_arch {arch!r}; choose a classifier from "
+            "torchvision.models.list_models(torchvision.models), e.g. resnet50"
+        ) from exc
+    if name not in enum.__members__:
+        raise InputError(
+            f"torchvision {arch!r} has no image_weights {name!r}; choose one of "
+            f"{sorted(enum.__members__)}, or give local weights as image_checkpoint"
+        )
+    return enum[name]
 
 
 def imagenet_geometry(transform, image: Image.Image) -> Image.Image:
@@ -419,8 +531,9 @@ def open_clip_transform(spec: dict[str, Any]):
 ENCODERS = {cls.kind: cls for cls in (OpenClipEncoder, BertResnetEncoder)}
 
 
-def load_encoder(spec: dict[str, Any], device: torch.device) -> Encoder:
+def load_encoder(spec: dict[str, Any], device: torch.device, retry: dict | None = None) -> Encoder:
+    """``retry``: config `download` (attempts, wait_seconds) for hub files; None, one attempt."""
     kind = spec.get("kind")
     if kind not in ENCODERS:
         raise InputError(f"unknown model kind {kind!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[kind](spec).to(device)
+    return ENCODERS[kind](spec, retry).to(device)

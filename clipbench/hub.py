@@ -89,6 +89,7 @@ def fetch(
     attempts: int,
     wait_seconds: float,
     sleep: Callable[[float], None] = time.sleep,
+    advice: str = HUB_ADVICE,
 ) -> list[Path]:
     """Run ``download`` (hub calls that return paths in the HF cache) until its files arrive
     whole. huggingface_hub keeps a broken transfer's bytes (``.incomplete``) and resumes them
@@ -110,7 +111,7 @@ def fetch(
                     "the hub or the network corrupts it; try again later, or download the file "
                     "yourself and point the dataset's source to it"
                     if isinstance(exc, CorruptDownload)
-                    else HUB_ADVICE
+                    else advice
                 )
                 raise InputError(f"cannot fetch {what}{tried} ({failure}). {advice}") from exc
             pause = wait_seconds * 2 ** (attempt - 1)

@@ -27,11 +27,15 @@ from clipbench.errors import InputError
 TILE_SCORES = 1 << 22
 
 
-def check_k(k: int, n_candidates: int) -> None:
+def check_k(k: int, n_candidates: int, setting: str = "retrieval.top_k") -> None:
+    """``setting``: the config key that gave ``k``, for the message."""
     if k <= 0:
-        raise InputError(f"top-K must be positive, got {k}")
+        raise InputError(f"top-K must be positive, got {setting} = {k}; set it to 1 or more")
     if k > n_candidates:
-        raise InputError(f"top-K = {k} is larger than the {n_candidates} candidates")
+        raise InputError(
+            f"top-K = {k} is larger than the {n_candidates} candidates (images, or captions "
+            f"for image→text); set {setting} to at most {n_candidates}"
+        )
 
 
 def _topk_exact_row(scores: np.ndarray, k: int, positive: np.ndarray | None) -> np.ndarray:
@@ -43,14 +47,19 @@ def _topk_exact_row(scores: np.ndarray, k: int, positive: np.ndarray | None) -> 
     return cand[np.lexsort((cand, own, -scores[cand]))[:k]]
 
 
-def topk(scores: np.ndarray, k: int, positive: np.ndarray | None = None) -> np.ndarray:
+def topk(
+    scores: np.ndarray,
+    k: int,
+    positive: np.ndarray | None = None,
+    setting: str = "retrieval.top_k",
+) -> np.ndarray:
     """Indices of the k best columns per row, best first, ties broken as the module says.
 
     ``positive`` is an optional boolean mask of the same shape as ``scores``. Rows without a
     tie at the k-th score (nearly all, with float scores) are ordered in one vectorised sort;
     rows with one fall back to an exact per-row sort.
     """
-    check_k(k, scores.shape[1])
+    check_k(k, scores.shape[1], setting)
     # torch.topk selects in parallel and faster than np.argpartition; the order is made below.
     part = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
     top = np.take_along_axis(scores, part, axis=1)

@@ -371,7 +371,7 @@ def queries(images_path: str, queries_path: str, dataset_path: str, k: int, out_
     """Top-K images for each free-text query, with the retrieved images' captions."""
     images, query_table = read_table(images_path), read_table(queries_path)
     scores = embedding_matrix(query_table["embedding"]) @ embedding_matrix(images["embedding"]).T
-    idx = topk(scores, k)
+    idx = topk(scores, k, setting="queries.top_k")
     image_ids = images["id"].to_numpy()[idx]
     captions = read_table(dataset_path)["text"].to_pylist()  # an image's first caption, by id
     n_queries = len(query_table)

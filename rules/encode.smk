@@ -40,7 +40,7 @@ rule encode:
         gpu=1,
     params:
         spec=model_spec_param,
-        settings=canonical(config["encode"]),
+        settings=ENCODE_SETTINGS,
         queries=config["queries"]["texts"],
     script:
         "../scripts/encode.py"

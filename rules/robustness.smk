@@ -21,7 +21,7 @@ rule robustness:
         gpu=1,
     params:
         spec=model_spec_param,
-        settings=canonical(config["encode"]),
+        settings=ENCODE_SETTINGS,
         robustness=canonical(config["robustness"]),
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],

@@ -71,6 +71,29 @@ def test_schema_fills_defaults_per_model_kind():
     assert cfg["retrieval"]["recall_at"] == [1, 5, 10]
 
 
+def test_shipped_config_pins_every_hub_download():
+    """Weights and data fetched from the hub name a commit, so a later run fetches the same
+    bytes (torchvision's weights are checked against the hash in their file name)."""
+    cfg = load("config.yaml")
+    commit = re.compile(r"[0-9a-f]{40}")
+    for dataset in cfg["datasets"].values():
+        assert commit.fullmatch(dataset["source"]["hub"]["revision"])
+    for name, model in cfg["models"].items():
+        if model.get("pretrained"):
+            assert commit.fullmatch(model["revision"]), name
+        if model["kind"] == "bert_resnet":
+            assert commit.fullmatch(model["text_revision"]), name
+
+
+def test_model_names_that_end_like_per_model_files_are_refused():
+    cfg = load("config.yaml")
+    cfg["models"]["clip-rn50.i2t"] = cfg["models"]["clip-rn50"]
+    assert config_problems(cfg, []) == [
+        "model name 'clip-rn50.i2t' ends in '.i2t', which names another model's files "
+        "(results/…/<model>.i2t.arrow); rename it"
+    ]
+
+
 def test_demo_config_is_valid():
     validate(load("tests/demo/config.yaml"), SCHEMA)
 
@@ -90,6 +113,10 @@ def bad(mutate):
         (lambda c: c["datasets"]["pokemon"]["source"].update(parquet="x"), "is valid under each"),
         (lambda c: c["datasets"]["pokemon"]["source"].update(sha256="abc"), "does not match"),
         (lambda c: c["retrieval"].update(top_k=0), "less than the minimum"),
+        (lambda c: c["queries"].update(top_k=0), "less than the minimum"),
+        (lambda c: c["models"]["clip-rn50"].update(revision="main"), "does not match"),
+        (lambda c: c["datasets"].update({"/abs": c["datasets"]["pokemon"]}), "does not match"),
+        (lambda c: c["datasets"].update({"..": c["datasets"]["pokemon"]}), "does not match"),
         (lambda c: c["queries"].update(texts=[]), "should be non-empty"),
         (lambda c: c["encode"].update(precision="int4"), "is not one of"),
         (lambda c: c.update(modles={}), "Additional properties"),

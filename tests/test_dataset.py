@@ -82,6 +82,14 @@ def test_plain_binary_and_path_only_images(tmp_path):
     assert table["image"].to_pylist() == [blob]
     raw = pa.table({"img": pa.array([blob], pa.binary()), "caption": ["x"]})
     assert canonical_tables(raw, "img", "caption")[0]["image"].to_pylist() == [blob]
+    # A path may not lead out of the dataset's folder, whatever the dataset says.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "secret.png").write_bytes(blob)
+    for rel in ("../secret.png", str(tmp_path / "secret.png")):
+        outside = pa.array([{"bytes": None, "path": rel}], struct.type)
+        raw = pa.table({"image": outside, "caption": ["x"]})
+        with pytest.raises(InputError, match="row 0: image path .* points outside"):
+            canonical_tables(raw, "image", "caption", base_dir=tmp_path / "data")
 
 
 def raw_table(texts, blobs=None):

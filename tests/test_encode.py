@@ -1,9 +1,12 @@
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from clipbench.demo import demo_rows
+from clipbench.demo import demo_rows, write_open_clip_checkpoint
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import (
     encode_images,
@@ -12,9 +15,9 @@ from clipbench.encode import (
     precision_context,
     resolve_device,
 )
-from clipbench.encoders import load_encoder, load_state_dict, seeded_projection
+from clipbench.encoders import Geometry, load_encoder, load_state_dict, seeded_projection
 from clipbench.errors import InputError
-from tests.conftest import bert_resnet_spec, open_clip_spec, png_bytes
+from tests.conftest import DEMO_ARCHS, bert_resnet_spec, open_clip_spec, png_bytes
 
 CPU = torch.device("cpu")
 CAPTIONS = [
@@ -251,3 +254,128 @@ def test_auto_batch_size_is_chosen_per_tower_type(checkpoints):
     assert batch_sizes("auto", cnn) == (8, 32)
     assert batch_sizes("auto", vit) == (32, 32)
     assert batch_sizes(5, cnn) == (5, 5)
+
+
+def test_open_clip_checkpoint_that_would_run_code_is_refused(checkpoints, tmp_path, monkeypatch):
+    """open_clip loads `checkpoint` itself: a pickle it refuses gets our message, not torch's
+    advice to retry with weights_only=False."""
+    monkeypatch.chdir(tmp_path)
+    state = load_state_dict(checkpoints["tiny-rn"]) | {"extra": RunsCode()}
+    torch.save(state, tmp_path / "evil.pt")
+    spec = open_clip_spec(checkpoints, "tiny-rn") | {"checkpoint": str(tmp_path / "evil.pt")}
+    with pytest.raises(InputError, match="evil.pt holds more than tensors .*posix.mkdir"):
+        load_encoder(spec, CPU)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint" * 8)
+    spec = open_clip_spec(checkpoints, "tiny-rn") | {"checkpoint": str(tmp_path / "garbage.pt")}
+    with pytest.raises(InputError, match="garbage.pt is not a readable torch checkpoint"):
+        load_encoder(spec, CPU)
+
+
+def test_open_clip_checkpoint_of_another_architecture_names_both(checkpoints):
+    spec = open_clip_spec(checkpoints, "tiny-rn") | {"checkpoint": str(checkpoints["tiny-vit-16"])}
+    with pytest.raises(InputError, match="does not match architecture 'tiny-rn'.*set `arch`"):
+        load_encoder(spec, CPU)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_arch": "resnet999"}, "unknown torchvision image_arch 'resnet999'"),
+        ({"image_weights": "BOGUS"}, "'resnet18' has no image_weights 'BOGUS'.*IMAGENET1K_V1"),
+    ],
+)
+def test_unknown_torchvision_model_fails_in_the_shared_pixels_job_too(checkpoints, change, message):
+    spec = bert_resnet_spec(checkpoints) | change
+    del spec["image_checkpoint"]
+    spec.setdefault("image_weights", "IMAGENET1K_V1")
+    with pytest.raises(InputError, match=message):
+        Geometry(spec)  # what the `pixels` job builds, before any encode
+    with pytest.raises(InputError, match=message):
+        load_encoder(spec, CPU)
+
+
+HUB_COMMIT, MAIN_COMMIT = "a" * 40, "b" * 40
+
+
+def hub_cache_with(cache: Path, repo_id: str, files_by_commit: dict[str, dict[str, Path]]):
+    """An HF hub cache as huggingface_hub writes it: blobs named by sha256, snapshot links,
+    refs/main to the last commit given."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for commit, files in files_by_commit.items():
+        for name, src in files.items():
+            data = src.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            link = repo / "snapshots" / commit / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(blob)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo
+
+
+@pytest.fixture
+def pinned_tag(checkpoints, tmp_path, monkeypatch):
+    """tiny-rn with a pretrained tag hosted on a (cached, offline) hub repo whose main branch
+    has moved on to other weights since the pinned commit."""
+    import huggingface_hub.constants
+    import open_clip
+
+    other = tmp_path / "other.safetensors"
+    write_open_clip_checkpoint(str(DEMO_ARCHS / "tiny-rn.json"), str(other), seed=7)
+    hub_cache_with(
+        tmp_path / "hub",
+        "org/tiny-rn",
+        {
+            HUB_COMMIT: {"open_clip_model.safetensors": checkpoints["tiny-rn"]},
+            MAIN_COMMIT: {"open_clip_model.safetensors": other},
+        },
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    tag = {"hf_hub": "org/tiny-rn/", "quick_gelu": True, "mean": (0.5, 0.5, 0.5)}
+    real = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(
+        open_clip,
+        "get_pretrained_cfg",
+        lambda arch, name: tag if (arch, name) == ("tiny-rn", "pinned") else real(arch, name),
+    )
+    spec = open_clip_spec(checkpoints, "tiny-rn")
+    del spec["checkpoint"]
+    return spec | {"pretrained": "pinned", "revision": HUB_COMMIT}, tmp_path / "hub"
+
+
+def test_revision_pins_hub_weights_and_keeps_the_tags_settings(pinned_tag, checkpoints):
+    spec, _ = pinned_tag
+    enc = load_encoder(spec, CPU, {"attempts": 2, "wait_seconds": 0})
+    pinned = load_state_dict(checkpoints["tiny-rn"])
+    for key, value in enc.model.state_dict().items():
+        torch.testing.assert_close(value, pinned[key], msg=key)  # the commit's, not main's
+    # The tag's QuickGELU and normalisation apply, as open_clip applies them to a tag.
+    assert any(type(m).__name__ == "QuickGELU" for m in enc.model.modules())
+    assert tuple(enc.library_preprocess.transforms[-1].mean) == (0.5, 0.5, 0.5)
+    # … and the shared pixels job resizes exactly as the loaded model does.
+    assert Geometry(spec).geometry_key == enc.geometry_key
+
+
+def test_a_corrupt_pinned_blob_is_caught_before_loading(pinned_tag):
+    spec, hub = pinned_tag
+    link = hub / "models--org--tiny-rn" / "snapshots" / HUB_COMMIT / "open_clip_model.safetensors"
+    blob = link.resolve()
+    blob.write_bytes(blob.read_bytes()[:-10])  # truncated on disk
+    with pytest.raises(InputError, match="hash to .*the hub's ETag is"):
+        load_encoder(spec, CPU, {"attempts": 1, "wait_seconds": 0})
+    assert not blob.exists()  # deleted, so that the next attempt fetches it anew
+    # Offline, the next attempt cannot fetch it and says how to go on.
+    with pytest.raises(InputError, match="cannot fetch weights from org/tiny-rn@a+ .*HF_HUB_OFF"):
+        load_encoder(spec, CPU, {"attempts": 2, "wait_seconds": 0})
+
+
+def test_revision_needs_hub_weights(checkpoints):
+    spec = open_clip_spec(checkpoints, "tiny-rn") | {"revision": HUB_COMMIT}
+    with pytest.raises(InputError, match="`revision` pins hub files; local weights have none"):
+        load_encoder(spec, CPU)
+    spec = {"kind": "open_clip", "arch": "tiny-rn", "model_config": spec["model_config"]}
+    with pytest.raises(InputError, match="drop `revision`"):
+        load_encoder(spec | {"revision": HUB_COMMIT}, CPU)

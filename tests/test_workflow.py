@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html.parser
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -296,29 +298,168 @@ def good_blob():
     return png_bytes(Image.new("RGB", (32, 32), (200, 30, 30)), "JPEG")
 
 
-@pytest.mark.parametrize("case", ["undecodable", "missing_column", "empty_caption", "sha256"])
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a size and holds no pixel data: PIL's decompression-bomb check
+    reads only the header, so a 20000² "image" costs a few bytes here."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+DOWNLOAD_CASES = [
+    "undecodable",
+    "missing_text_column",
+    "missing_image_column",
+    "empty_caption",
+    "null_caption",
+    "zero_rows",
+    "decompression_bomb",
+    "truncated_parquet",
+    "not_parquet",
+    "sha256",
+]
+
+
+@pytest.mark.parametrize("case", DOWNLOAD_CASES)
 def test_bad_input_fails_clearly_and_leaves_nothing(tmp_path, checkpoints, good_blob, case):
     root = workflow_copy(tmp_path / "wf")
     blobs, texts, extra = [good_blob] * 3, ["a", "b", "c"], {}
+    parquet = tmp_path / "d.parquet"
     if case == "undecodable":
         blobs = [good_blob, good_blob, b"definitely not an image"]
         expected = "row 2: image bytes are not a recognised image"
-    elif case == "missing_column":
+    elif case == "missing_text_column":
         extra = {"text_column": "caption"}
-        expected = "text column 'caption' not found"
+        expected = "text column 'caption' not found.*Set `text_column`"
+    elif case == "missing_image_column":
+        extra = {"image_column": "picture"}
+        expected = "image column 'picture' not found.*Set `image_column`"
     elif case == "empty_caption":
         texts = ["a", "", "c"]
         expected = r"row ids \[1\]"
-    else:
-        extra = {"source": {"parquet": str(tmp_path / "d.parquet"), "sha256": "ab" * 32}}
+    elif case == "null_caption":
+        texts = ["a", "b", None]
+        expected = r"row ids \[2\]"
+    elif case == "zero_rows":
+        blobs, texts = [], []
+        expected = "the dataset has zero rows; check that the source file holds rows"
+    elif case == "decompression_bomb":
+        blobs = [good_blob, png_header(20_000, 20_000), good_blob]
+        expected = "row 1: image exceeds PIL's decompression-bomb pixel limit"
+    elif case == "sha256":
+        extra = {"source": {"parquet": str(parquet), "sha256": "ab" * 32}}
         expected = f"expected {'ab' * 32}, got"
-    parquet = write_parquet(tmp_path / "d.parquet", blobs, texts)
+    else:
+        expected = "not a readable parquet file"
+    write_parquet(parquet, blobs, texts)
+    if case == "truncated_parquet":
+        parquet.write_bytes(parquet.read_bytes()[:-100])
+    elif case == "not_parquet":
+        parquet.write_text("image,text\nx.png,a caption\n")
     cfg = bad_input_config(root, checkpoints, parquet, **extra)
     done = snakemake(root, "--cores", "1", "--configfile", str(cfg), check=False)
     assert done.returncode != 0
     assert re.search(expected, (root / "logs/bad/download.log").read_text())
     assert re.search(expected, done.stdout + done.stderr)
     assert results_files(root) == []
+
+
+def model_case(checkpoints, case: str) -> tuple[dict, dict, str, str, str]:
+    """A model or setting that only a job can find wrong: (model spec, config changes, the
+    failing job's log, the folder of its outputs under results/bad, the message)."""
+    from tests.conftest import open_clip_spec
+
+    spec = open_clip_spec(checkpoints, "tiny-rn")
+    pinned_rn50 = {"kind": "open_clip", "arch": "RN50", "pretrained": "openai"}
+    pinned_rn50["revision"] = "ec3d92cf63a5f9d591f0d611b736895966c73076"
+    return {
+        "checkpoint_mismatch": (
+            spec | {"checkpoint": str(checkpoints["tiny-vit-16"])},
+            {},
+            "encode/tiny.log",
+            "embeddings",
+            "does not match architecture 'tiny-rn'",
+        ),
+        "unknown_arch": (
+            {"kind": "open_clip", "arch": "ViT-Q-99", "pretrained": "openai"},
+            {},
+            "encode/tiny.log",  # no shared pixels for an arch open_clip does not know
+            "embeddings",
+            "unknown open_clip architecture 'ViT-Q-99'",
+        ),
+        "unknown_torchvision_arch": (
+            {
+                "kind": "bert_resnet",
+                "text_model_dir": str(checkpoints["bert"]),
+                "image_arch": "resnet999",
+            },
+            {},
+            "pixels/*.log",
+            "pixels",
+            "unknown torchvision image_arch 'resnet999'",
+        ),
+        "hub_offline": (
+            pinned_rn50,
+            {},
+            "encode/tiny.log",
+            "embeddings",
+            "HF_HUB_OFFLINE=1 with a populated",
+        ),
+        "top_k_too_large": (
+            spec,
+            {"retrieval": {"top_k": 4}, "queries": {"top_k": 1, "texts": ["a red circle"]}},
+            "hits/tiny.log",
+            "hits",
+            "set retrieval.top_k to at most 3",
+        ),
+        "query_top_k_too_large": (
+            spec,
+            {"retrieval": {"top_k": 1}, "queries": {"top_k": 4, "texts": ["a red circle"]}},
+            "queries/tiny.log",
+            "queries",
+            "set queries.top_k to at most 3",
+        ),
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "checkpoint_mismatch",
+        "unknown_arch",
+        "unknown_torchvision_arch",
+        "hub_offline",
+        "top_k_too_large",
+        "query_top_k_too_large",
+    ],
+)
+def test_bad_model_or_setting_fails_its_job_clearly_and_leaves_nothing_partial(
+    tmp_path, checkpoints, good_blob, case
+):
+    root = workflow_copy(tmp_path / "wf")
+    parquet = write_parquet(tmp_path / "d.parquet", [good_blob] * 3, ["a", "b", "c"])
+    cfg_path = bad_input_config(root, checkpoints, parquet)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    spec, changes, log, outputs, expected = model_case(checkpoints, case)
+    cfg["models"]["tiny"] = spec
+    cfg.update(changes)
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    done = snakemake(root, "--cores", "1", "--configfile", str(cfg_path), check=False)
+    assert done.returncode != 0
+    (log_file,) = (root / "logs/bad").glob(log)
+    assert expected in log_file.read_text()
+    assert expected in done.stdout + done.stderr
+    # The failing job left nothing, not even a temporary file; what exists are the complete
+    # artifacts of the jobs before it.
+    files = results_files(root)
+    assert not [f for f in files if f.startswith(f"bad/{outputs}/") or "/." in f]
+    assert {"bad/dataset.arrow", "bad/captions.arrow"} <= set(files)
+    assert "bad/report.html" not in files
 
 
 def test_image_broken_past_its_header_fails_encode_naming_the_row(tmp_path, checkpoints, good_blob):
