@@ -63,32 +63,35 @@ def install() -> None:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    if subprocess.run(cmd, env=env, capture_output=True).returncode == 0:
+        return
+    for step in (["apt-get", "update"], cmd):  # a stale package list: update, then again
+        done = subprocess.run(step, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(step)} failed:\n{done.stdout}{done.stderr}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all bound at once, so the kernel cannot hand one out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 HOSTS = Path("/etc/hosts")
 
 
 def node_name() -> tuple[str, str | None]:
-    """`hostname -s`, and the /etc/hosts line added (removed again after) where it does not
+    """`hostname -s`, and the /etc/hosts line to add (and remove after) where it does not
     resolve."""
     host = socket.gethostname().split(".")[0]
     try:
         socket.gethostbyname(host)
         return host, None
     except OSError:
-        line = f"127.0.0.1 {host}  # clipbench SLURM test\n"
-        with open(HOSTS, "a") as hosts:
-            hosts.write(line)
-        return host, line
+        return host, f"127.0.0.1 {host}  # clipbench SLURM test\n"
 
 
 def real_memory_mb() -> int:
@@ -100,11 +103,12 @@ def real_memory_mb() -> int:
 
 
 def slurm_conf(root: Path, host: str) -> str:
+    ctld_port, slurmd_port = free_ports(2)
     return f"""\
 {CLUSTER_NAME}
 SlurmctldHost={host}
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -166,6 +170,13 @@ class Cluster:
         keys = ["id", "name", "comment", "state", "min_memory", "cpus", "gres"]
         return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines()]
 
+    def active_jobs(self) -> list[str]:
+        """Ids of jobs still pending, running or completing."""
+        done = self.run_unchecked(
+            "squeue", "--noheader", "--states=PENDING,RUNNING,COMPLETING", "--format=%i"
+        )
+        return done.stdout.split() if done.returncode == 0 else []
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
@@ -187,13 +198,15 @@ def _wait(what: str, check, timeout: float, cluster: Cluster | None = None) -> N
     raise RuntimeError(f"{what} within {timeout:.0f} s\n{cluster.logs() if cluster else ''}")
 
 
-def _start_munged(root: Path, procs: list[subprocess.Popen]) -> None:
+def _start_munged(root: Path, procs: list[subprocess.Popen], made: list[Path]) -> None:
+    """Start munged unless one answers; ``made`` gets the key if it is created here."""
     if munge_works():  # a munged already serves the default socket: use it
         return
     munge = pwd.getpwnam("munge")
     if not MUNGE_KEY.exists():
         MUNGE_KEY.parent.mkdir(parents=True, exist_ok=True)
         MUNGE_KEY.write_bytes(os.urandom(1024))
+        made.append(MUNGE_KEY)
     os.chown(MUNGE_KEY, munge.pw_uid, munge.pw_gid)
     MUNGE_KEY.chmod(0o400)
     for d in (MUNGE_SOCKET.parent, Path("/var/lib/munge"), Path("/var/log/munge")):
@@ -213,14 +226,18 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
     for d in ("state", "spool"):
         (root / d).mkdir(exist_ok=True)
     node, hosts_line = node_name()
-    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text(slurm_conf(root, node))
-    shutil.copy2(SLURM_CONF, root / "slurm.conf")
     env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
     cluster = Cluster(root, node, env)
     procs: list[subprocess.Popen] = []
+    made: list[Path] = []  # files created here for the cluster, removed after
     try:
-        _start_munged(root, procs)
+        if hosts_line:
+            with open(HOSTS, "a") as hosts:
+                hosts.write(hosts_line)
+        SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
+        SLURM_CONF.write_text(slurm_conf(root, node))
+        shutil.copy2(SLURM_CONF, root / "slurm.conf")
+        _start_munged(root, procs, made)
         procs.append(_start(["/usr/sbin/slurmctld", "-D", "-i"], root / "slurmctld.out", env))
         procs.append(_start(["/usr/sbin/slurmd", "-D"], root / "slurmd.out", env))
         cluster.pids = [p.pid for p in procs]
@@ -242,6 +259,9 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
     finally:
         if cluster.pids:  # jobs still queued or running on this cluster (its SLURM_CONF)
             subprocess.run(["scancel", "--full", "--user", "root"], env=env, capture_output=True)
+            # scancel only asks: let slurmd end the jobs' steps before it stops itself.
+            with contextlib.suppress(RuntimeError):
+                _wait("jobs did not end", lambda: not cluster.active_jobs(), 30)
         for p in reversed(procs):  # slurmd, slurmctld, then munged: by the PIDs started here
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -252,5 +272,7 @@ def slurm_cluster(root: Path) -> Iterator[Cluster]:
                 p.kill()
                 p.wait()
         SLURM_CONF.unlink(missing_ok=True)
-        if hosts_line:
+        for path in made:
+            path.unlink(missing_ok=True)
+        if hosts_line and hosts_line in HOSTS.read_text():
             HOSTS.write_text(HOSTS.read_text().replace(hosts_line, "", 1))

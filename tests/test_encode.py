@@ -379,3 +379,25 @@ def test_revision_needs_hub_weights(checkpoints):
     spec = {"kind": "open_clip", "arch": "tiny-rn", "model_config": spec["model_config"]}
     with pytest.raises(InputError, match="drop `revision`"):
         load_encoder(spec | {"revision": HUB_COMMIT}, CPU)
+
+
+def test_revision_pins_an_hf_hub_architecture(checkpoints, tmp_path, monkeypatch):
+    """An `hf-hub:` model: its open_clip_config.json and weights, fetched at the commit."""
+    import json
+
+    import huggingface_hub.constants
+
+    config = tmp_path / "open_clip_config.json"
+    model_cfg = json.loads((DEMO_ARCHS / "tiny-rn.json").read_text())
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3}}))
+    files = {"open_clip_config.json": config, "open_clip_model.safetensors": checkpoints["tiny-rn"]}
+    hub_cache_with(tmp_path / "hub", "org/tiny-hf", {HUB_COMMIT: files})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = {"kind": "open_clip", "arch": "hf-hub:org/tiny-hf", "revision": HUB_COMMIT}
+    enc = load_encoder(spec, CPU)
+    pinned = load_state_dict(checkpoints["tiny-rn"])
+    for key, value in enc.model.state_dict().items():
+        torch.testing.assert_close(value, pinned[key], msg=key)
+    assert tuple(enc.library_preprocess.transforms[-1].mean) == (0.5, 0.5, 0.5)
+    with pytest.raises(InputError, match="cannot fetch config from org/tiny-hf@b+"):
+        load_encoder(spec | {"revision": MAIN_COMMIT}, CPU)  # a commit not in the cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -141,6 +142,16 @@ rule broken:
         "logs/broken.log",
     shell:
         "echo broken fails on purpose on $SLURM_JOB_ID > {log}; exit 4"
+
+
+# Named like the workflow's GPU rule: profiles/slurm's set-resources for `encode` apply.
+rule encode:
+    output:
+        "encoded.txt",
+    log:
+        "logs/encode.log",
+    shell:
+        "echo on a GPU > {output} 2> {log}"
 """
 
 
@@ -186,3 +197,18 @@ def test_failing_rule_is_reported_with_its_log(cluster, flaky):
     assert f"broken fails on purpose on {jobs[-1]['id']}" in out
     assert not (flaky / "broken.txt").exists()
     assert PARTITION in cluster.run("sinfo", "--noheader", "--format=%P")
+
+
+def test_profile_asks_sbatch_for_a_gpu_for_the_encode_rules(cluster, flaky):
+    """profiles/slurm unchanged: the `encode` rule's gpu: 1 and cpus_per_gpu: 4 become
+    `--gpus=1 --cpus-per-gpu=4`, which this GPU-less node refuses, so the plugin reports the
+    sbatch call it made."""
+    done = snakemake(
+        flaky, "--workflow-profile", "profiles/slurm", *FAST, "encoded.txt", check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    args = shlex.split(out.split("sbatch call:", 1)[1].split("\n", 2)[1])
+    assert "--gpus=1" in args and "--cpus-per-gpu=4" in args, args
+    options = dict(zip(args, args[1:], strict=False))  # each option with the word after it
+    assert (options["-t"], options["--mem"]) == ("120", "16000"), args
