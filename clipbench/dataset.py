@@ -181,9 +181,11 @@ def image_bytes(column: pa.ChunkedArray | pa.Array, base_dir: Path | None) -> li
         out = []
         for row, (blob, rel) in enumerate(zip(data, paths, strict=True)):
             if blob is None and rel:
-                candidate = (root / rel).resolve()
                 # A dataset names images beside itself; it cannot make the workflow read (and
-                # put into artifacts and reports) any other file on the machine.
+                # put into artifacts and reports) any other file on the machine. The check is on
+                # the path as written (`..`, absolute): files in an HF cache snapshot are links
+                # into its blobs/ folder, and those stay readable.
+                candidate = Path(os.path.normpath(root / rel))
                 if not candidate.is_relative_to(root):
                     raise InputError(
                         f"row {row}: image path {rel!r} points outside the dataset's folder "

@@ -90,6 +90,12 @@ def test_plain_binary_and_path_only_images(tmp_path):
         raw = pa.table({"image": outside, "caption": ["x"]})
         with pytest.raises(InputError, match="row 0: image path .* points outside"):
             canonical_tables(raw, "image", "caption", base_dir=tmp_path / "data")
+    # … but a file beside it may be a link elsewhere, as in a Hugging Face cache snapshot.
+    (tmp_path / "data" / "linked.png").symlink_to(tmp_path / "secret.png")
+    linked = pa.array([{"bytes": None, "path": "linked.png"}], struct.type)
+    raw = pa.table({"image": linked, "caption": ["x"]})
+    table, _, _ = canonical_tables(raw, "image", "caption", base_dir=tmp_path / "data")
+    assert table["image"].to_pylist() == [blob]
 
 
 def raw_table(texts, blobs=None):
