@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import glob
 import json
@@ -56,10 +57,26 @@ def _hold_if_asked(path: Path) -> None:
         time.sleep(3600)
 
 
-def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in ``path`` durable where the platform can; some filesystems (FUSE, CIFS)
+    and Windows cannot sync a folder, and a finished artifact must not fail for that."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
     finally:
         os.close(fd)
 
@@ -91,7 +108,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync(tmp)
         _hold_if_asked(path)
         os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -110,11 +127,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         for f in tmp.rglob("*"):
             if f.is_file():
                 _fsync(f)
+            elif f.is_dir():
+                _fsync_dir(f)
+        _fsync_dir(tmp)
         _hold_if_asked(path)
         if path.is_dir():  # a rename cannot replace a non-empty folder
             shutil.rmtree(path)
         os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
+        _fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

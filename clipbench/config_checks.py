@@ -112,5 +112,5 @@ def reserved_suffixes(config: Mapping[str, Any]) -> list[str]:
         f"(results/…/<model>{suffix}.arrow); rename it"
         for name in (models if isinstance(models, Mapping) else ())
         for suffix in RESERVED_SUFFIXES
-        if str(name).endswith(suffix)
+        if str(name).casefold().endswith(suffix)
     ]

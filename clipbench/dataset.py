@@ -325,7 +325,8 @@ def load_dataset(
 ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """Load one configured dataset: its images, its captions and provenance metadata."""
     raw, info = read_source(cfg["source"], cfg["split"], retry)
-    base_dir = Path(info["path"]).parent if "hf_folder" not in cfg["source"] else None
+    folder = cfg["source"].get("hf_folder")
+    base_dir = Path(folder) if folder else Path(info["path"]).parent
     on_bad_image = cfg.get("on_bad_image", "error")
     images, captions, skipped = canonical_tables(
         raw,

@@ -93,10 +93,18 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
+    unreadable = (
+        f"checkpoint {path} is truncated or not a checkpoint at all; fetch or save it again "
+        "(.safetensors, or a torch.save(state_dict) file)"
+    )
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as exc:
+            raise InputError(f"{unreadable}: {exc}") from exc
     try:
         # weights_only: the unpickler builds tensors and containers, and refuses everything
         # else, so a checkpoint cannot run code.
@@ -113,6 +121,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is not a readable torch checkpoint (torch.load with "
             "weights_only refused it); use .safetensors or a torch.save(state_dict) file"
         ) from exc
+    except (EOFError, RuntimeError) as exc:  # empty, or a zip archive cut short
+        raise InputError(f"{unreadable}: {exc}") from exc
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
@@ -190,6 +200,7 @@ class OpenClipEncoder(Encoder):
 
     def __init__(self, spec: dict[str, Any], retry: dict | None = None):
         import open_clip
+        from safetensors import SafetensorError
 
         arch = spec["arch"]
         register_model_config(spec)
@@ -204,11 +215,17 @@ class OpenClipEncoder(Encoder):
                     f"open_clip {arch!r}: `revision` pins hub files; local weights have none"
                 )
             arch, pretrained, extra = pinned_open_clip(spec, retry)
+        elif pretrained and not checkpoint and not arch.startswith(("hf-hub:", "local-dir:")):
+            # open_clip only warns when a tag was trained with QuickGELU (OpenAI's weights) and
+            # the arch's config says GELU, then builds GELU: embeddings drift from the
+            # published model's. Build what the tag was trained with, as the pinned path does.
+            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+            extra["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, require_pretrained=bool(pretrained), **extra
             )
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        except (pickle.UnpicklingError, EOFError, ValueError, SafetensorError) as exc:
             if not checkpoint:
                 raise
             # Not a checkpoint torch reads with weights_only: our loader says why in the user's

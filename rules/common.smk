@@ -61,10 +61,6 @@ def canonical(value):
     return json.dumps(value, sort_keys=True)
 
 
-# The encoding settings, and how hub files (pinned open_clip weights) are retried.
-ENCODE_SETTINGS = canonical({**config["encode"], "download": config["download"]})
-
-
 def model_spec(wildcards):
     return config["models"][wildcards.model]
 

@@ -40,7 +40,7 @@ rule encode:
         gpu=1,
     params:
         spec=model_spec_param,
-        settings=ENCODE_SETTINGS,
+        settings=canonical(config["encode"]),
         queries=config["queries"]["texts"],
     script:
         "../scripts/encode.py"

@@ -21,7 +21,7 @@ rule robustness:
         gpu=1,
     params:
         spec=model_spec_param,
-        settings=ENCODE_SETTINGS,
+        settings=canonical(config["encode"]),
         robustness=canonical(config["robustness"]),
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],

@@ -9,7 +9,9 @@ with job_log(snakemake.log[0]) as progress:
         captions_path=snakemake.input.captions,
         model_name=snakemake.wildcards.model,
         spec=json.loads(snakemake.params.spec),
-        settings=json.loads(snakemake.params.settings),
+        # How hub files are retried: from the config, not a param, so that changing it never
+        # reruns finished jobs.
+        settings=json.loads(snakemake.params.settings) | {"download": snakemake.config["download"]},
         queries=list(snakemake.params.queries),
         out_images=snakemake.output.images,
         out_texts=snakemake.output.texts,

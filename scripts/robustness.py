@@ -11,7 +11,9 @@ with job_log(snakemake.log[0]) as progress:
         texts_path=snakemake.input.texts,
         model_name=snakemake.wildcards.model,
         spec=json.loads(snakemake.params.spec),
-        settings=json.loads(snakemake.params.settings),
+        # How hub files are retried: from the config, not a param, so that changing it never
+        # reruns finished jobs.
+        settings=json.loads(snakemake.params.settings) | {"download": snakemake.config["download"]},
         robustness=json.loads(snakemake.params.robustness),
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),

@@ -1,4 +1,5 @@
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -318,11 +319,16 @@ def hub_cache_with(cache: Path, repo_id: str, files_by_commit: dict[str, dict[st
 
 @pytest.fixture
 def pinned_tag(checkpoints, tmp_path, monkeypatch):
-    """tiny-rn with a pretrained tag hosted on a (cached, offline) hub repo whose main branch
-    has moved on to other weights since the pinned commit."""
+    """A GELU architecture (tiny-rn's shape, `quick_gelu: false`) with a pretrained tag that
+    was trained with QuickGELU, hosted on a (cached, offline) hub repo whose main branch has
+    moved on to other weights since the pinned commit."""
+    import json
+
     import huggingface_hub.constants
     import open_clip
 
+    arch_cfg = json.loads((DEMO_ARCHS / "tiny-rn.json").read_text()) | {"quick_gelu": False}
+    (tmp_path / "tiny-gelu.json").write_text(json.dumps(arch_cfg))
     other = tmp_path / "other.safetensors"
     write_open_clip_checkpoint(str(DEMO_ARCHS / "tiny-rn.json"), str(other), seed=7)
     hub_cache_with(
@@ -336,14 +342,22 @@ def pinned_tag(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     tag = {"hf_hub": "org/tiny-rn/", "quick_gelu": True, "mean": (0.5, 0.5, 0.5)}
     real = open_clip.get_pretrained_cfg
-    monkeypatch.setattr(
-        open_clip,
-        "get_pretrained_cfg",
-        lambda arch, name: tag if (arch, name) == ("tiny-rn", "pinned") else real(arch, name),
-    )
-    spec = open_clip_spec(checkpoints, "tiny-rn")
-    del spec["checkpoint"]
+
+    def with_tag(arch, name):
+        return tag if (arch, name) == ("tiny-gelu", "pinned") else real(arch, name)
+
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", with_tag)
+    monkeypatch.setattr(open_clip.factory, "get_pretrained_cfg", with_tag)  # its own import
+    spec = {
+        "kind": "open_clip",
+        "arch": "tiny-gelu",
+        "model_config": str(tmp_path / "tiny-gelu.json"),
+    }
     return spec | {"pretrained": "pinned", "revision": HUB_COMMIT}, tmp_path / "hub"
+
+
+def uses_quick_gelu(model) -> bool:
+    return any(type(m).__name__ == "QuickGELU" for m in model.modules())
 
 
 def test_revision_pins_hub_weights_and_keeps_the_tags_settings(pinned_tag, checkpoints):
@@ -352,11 +366,24 @@ def test_revision_pins_hub_weights_and_keeps_the_tags_settings(pinned_tag, check
     pinned = load_state_dict(checkpoints["tiny-rn"])
     for key, value in enc.model.state_dict().items():
         torch.testing.assert_close(value, pinned[key], msg=key)  # the commit's, not main's
-    # The tag's QuickGELU and normalisation apply, as open_clip applies them to a tag.
-    assert any(type(m).__name__ == "QuickGELU" for m in enc.model.modules())
+    # The tag's QuickGELU (over the arch's GELU) and normalisation apply.
+    assert uses_quick_gelu(enc.model)
     assert tuple(enc.library_preprocess.transforms[-1].mean) == (0.5, 0.5, 0.5)
     # … and the shared pixels job resizes exactly as the loaded model does.
     assert Geometry(spec).geometry_key == enc.geometry_key
+
+
+def test_an_unpinned_tag_follows_main_and_still_gets_the_tags_quick_gelu(pinned_tag):
+    """open_clip alone would only warn and build GELU for a QuickGELU-trained tag (OpenAI's
+    RN50 and ViTs), which changes every embedding."""
+    spec, _ = pinned_tag
+    unpinned = {k: v for k, v in spec.items() if k != "revision"}
+    enc = load_encoder(unpinned, CPU)
+    assert uses_quick_gelu(enc.model)
+    assert tuple(enc.library_preprocess.transforms[-1].mean) == (0.5, 0.5, 0.5)
+    main = load_state_dict(Path(spec["model_config"]).parent / "other.safetensors")
+    for key, value in enc.model.state_dict().items():
+        torch.testing.assert_close(value, main[key], msg=key)
 
 
 def test_a_corrupt_pinned_blob_is_caught_before_loading(pinned_tag):
@@ -401,3 +428,20 @@ def test_revision_pins_an_hf_hub_architecture(checkpoints, tmp_path, monkeypatch
     assert tuple(enc.library_preprocess.transforms[-1].mean) == (0.5, 0.5, 0.5)
     with pytest.raises(InputError, match="cannot fetch config from org/tiny-hf@b+"):
         load_encoder(spec | {"revision": MAIN_COMMIT}, CPU)  # a commit not in the cache
+
+
+@pytest.mark.parametrize("kind", ["empty.pt", "cut.pt", "cut.safetensors"])
+def test_truncated_or_empty_checkpoints_are_named_not_tracebacks(checkpoints, tmp_path, kind):
+    path = tmp_path / kind
+    if kind == "empty.pt":
+        path.write_bytes(b"")
+    elif kind == "cut.pt":
+        torch.save(load_state_dict(checkpoints["tiny-rn"]), path)
+        path.write_bytes(path.read_bytes()[:-4096])
+    else:
+        path.write_bytes(checkpoints["tiny-rn"].read_bytes()[:-4096])
+    message = f"checkpoint {path} is truncated or not a checkpoint at all"
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_encoder(open_clip_spec(checkpoints, "tiny-rn") | {"checkpoint": str(path)}, CPU)
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_encoder(bert_resnet_spec(checkpoints) | {"image_checkpoint": str(path)}, CPU)
