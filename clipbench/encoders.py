@@ -156,7 +156,7 @@ OPEN_CLIP_WEIGHTS = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin
 def pinned_open_clip(spec: dict[str, Any], retry: dict | None) -> tuple[str, Any, dict]:
     """The (architecture, pretrained, extra create_model arguments) that load a `revision`-pinned
     hub model: the files fetched at that commit, then loaded as open_clip loads the unpinned
-    ones (a pretrained tag's QuickGELU and preprocessing applied as its config says)."""
+    ones (a pretrained tag's preprocessing applied as its config says)."""
     import open_clip
     from open_clip.transform import merge_preprocess_dict
 
@@ -185,7 +185,6 @@ def pinned_open_clip(spec: dict[str, Any], retry: dict | None) -> tuple[str, Any
         for key in ("mean", "std", "interpolation", "resize_mode")
         if key in preprocess
     }
-    extra["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
     return arch, str(weights), extra
 
 
@@ -209,18 +208,19 @@ class OpenClipEncoder(Encoder):
         if checkpoint and not Path(checkpoint).is_file():
             raise InputError(f"checkpoint {checkpoint} does not exist")
         extra: dict[str, Any] = {}
+        if pretrained and not checkpoint and not arch.startswith(("hf-hub:", "local-dir:")):
+            # open_clip only warns when a tag was trained with QuickGELU (OpenAI's weights) and
+            # the arch's config says GELU, then builds GELU: embeddings drift from the
+            # published model's. Build what the tag was trained with, pinned or not.
+            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
+            extra["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
         if spec.get("revision"):
             if checkpoint or arch.startswith("local-dir:"):
                 raise InputError(
                     f"open_clip {arch!r}: `revision` pins hub files; local weights have none"
                 )
-            arch, pretrained, extra = pinned_open_clip(spec, retry)
-        elif pretrained and not checkpoint and not arch.startswith(("hf-hub:", "local-dir:")):
-            # open_clip only warns when a tag was trained with QuickGELU (OpenAI's weights) and
-            # the arch's config says GELU, then builds GELU: embeddings drift from the
-            # published model's. Build what the tag was trained with, as the pinned path does.
-            tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
-            extra["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
+            arch, pretrained, pinned = pinned_open_clip(spec, retry)
+            extra |= pinned
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, require_pretrained=bool(pretrained), **extra

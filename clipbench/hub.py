@@ -109,7 +109,8 @@ def fetch(
                 tried = "" if is_final(exc) else f" after {attempt} attempt(s)"
                 advice = (
                     "the hub or the network corrupts it; try again later, or download the file "
-                    "yourself and point the dataset's source to it"
+                    "yourself and configure the local copy instead (a dataset's `parquet` "
+                    "source, a model's `checkpoint`)"
                     if isinstance(exc, CorruptDownload)
                     else advice
                 )
