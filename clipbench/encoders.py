@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clipbench.errors import InputError
+from clipbench.precision import Precision
 
 OFFLINE_HINT = (
     "Offline? Set HF_HUB_OFFLINE=1 with a populated Hugging Face cache, or point the model "
@@ -66,20 +67,16 @@ class Encoder:
         self.dtype = torch.float32
         return self
 
-    def set_precision(self, precision: str) -> None:
-        """bf16 on CPU casts the weights (autocast's per-op casts make ViTs slower than fp32
-        there); everything else keeps float32 weights. The cast is one-way: bf16 weights cannot
-        give float32 results again."""
-        dtype = (
-            torch.bfloat16 if precision == "bf16" and self.device.type == "cpu" else torch.float32
-        )
-        if dtype == self.dtype:
+    def set_precision(self, policy: Precision) -> None:
+        """Weights in the dtype the policy runs (float32 unless it casts them). The cast is
+        one-way: bf16 weights cannot give float32 results again."""
+        if policy.dtype == self.dtype:
             return
         if self.dtype != torch.float32:
-            raise RuntimeError("weights were cast to bf16; reload the model for float32")
+            raise RuntimeError(f"weights were cast to {self.dtype}; reload the model for float32")
         for module in self.modules():
-            module.to(dtype)
-        self.dtype = dtype
+            module.to(policy.dtype)
+        self.dtype = policy.dtype
 
     def pixels_to_device(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from PIL import Image
 
 from clipbench.arrow_io import atomic_writer, read_metadata, read_table
+from clipbench.batching import prepared_batches
 from clipbench.encoders import Encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
@@ -37,9 +38,8 @@ def geometric_pixels(encoder: Encoder, blob: bytes, row_id: int) -> np.ndarray:
 
 def write_pixels(encoder: Encoder, dataset_path: str, out_path: str, workers: int) -> None:
     """Every image of the dataset through ``encoder.geometry``, streamed in record batches;
-    ``workers`` threads decode (PIL releases the GIL while decoding and resizing)."""
-    from clipbench.encode import prepared_batches  # the same bounded read-ahead as encode
-
+    ``workers`` threads decode (PIL releases the GIL while decoding and resizing) while this
+    one compresses and writes."""
     if encoder.geometry_key is None:
         raise InputError(f"{type(encoder).__name__}'s preprocessing cannot be shared")
     images = read_table(dataset_path)
@@ -51,7 +51,7 @@ def write_pixels(encoder: Encoder, dataset_path: str, out_path: str, workers: in
     def prepare(chunk: Sequence) -> np.ndarray:
         return np.stack([geometric_pixels(encoder, blob, i) for blob, i in chunk])
 
-    batches = prepared_batches(items, ROWS_PER_BATCH, prepare, max(0, workers - 1))
+    batches = prepared_batches(items, ROWS_PER_BATCH, prepare, workers)
     n, batch = next(batches)
     shape = list(batch.shape[1:])
     size = int(np.prod(shape))

@@ -1,7 +1,7 @@
 import json
 
 from clipbench.logs import job_log
-from clipbench.stages import download
+from clipbench.stages.download import download
 
 with job_log(snakemake.log[0]):
     download(

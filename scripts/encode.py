@@ -1,7 +1,7 @@
 import json
 
-from clipbench.encode import run_encode
 from clipbench.logs import job_log
+from clipbench.stages.encode import EncodeSettings, run_encode
 
 with job_log(snakemake.log[0]) as progress:
     run_encode(
@@ -11,7 +11,9 @@ with job_log(snakemake.log[0]) as progress:
         spec=json.loads(snakemake.params.spec),
         # How hub files are retried: from the config, not a param, so that changing it never
         # reruns finished jobs.
-        settings=json.loads(snakemake.params.settings) | {"download": snakemake.config["download"]},
+        settings=EncodeSettings.parse(
+            json.loads(snakemake.params.settings), snakemake.config["download"]
+        ),
         queries=list(snakemake.params.queries),
         out_images=snakemake.output.images,
         out_texts=snakemake.output.texts,

@@ -1,5 +1,5 @@
 from clipbench.logs import job_log
-from clipbench.stages import histogram
+from clipbench.stages.distributions import histogram
 
 with job_log(snakemake.log[0]):
     lo, hi = snakemake.params.range

@@ -1,7 +1,7 @@
 import json
 
 from clipbench.logs import job_log
-from clipbench.stages import hits
+from clipbench.stages.scores import hits
 
 with job_log(snakemake.log[0]):
     hits(

@@ -1,5 +1,5 @@
 from clipbench.logs import job_log
-from clipbench.stages import queries
+from clipbench.stages.scores import queries
 
 with job_log(snakemake.log[0]):
     queries(

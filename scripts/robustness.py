@@ -1,7 +1,8 @@
 import json
 
-from clipbench.encode import run_robustness
 from clipbench.logs import job_log
+from clipbench.stages.encode import EncodeSettings
+from clipbench.stages.robustness import run_robustness
 
 with job_log(snakemake.log[0]) as progress:
     run_robustness(
@@ -13,7 +14,9 @@ with job_log(snakemake.log[0]) as progress:
         spec=json.loads(snakemake.params.spec),
         # How hub files are retried: from the config, not a param, so that changing it never
         # reruns finished jobs.
-        settings=json.loads(snakemake.params.settings) | {"download": snakemake.config["download"]},
+        settings=EncodeSettings.parse(
+            json.loads(snakemake.params.settings), snakemake.config["download"]
+        ),
         robustness=json.loads(snakemake.params.robustness),
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),

@@ -1,5 +1,5 @@
 from clipbench.logs import job_log
-from clipbench.stages import similarity
+from clipbench.stages.scores import similarity
 
 with job_log(snakemake.log[0]):
     similarity(

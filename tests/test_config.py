@@ -63,7 +63,7 @@ def test_schema_fills_defaults_per_model_kind():
     assert cfg["datasets"]["d"]["image_column"] == "image"
     assert cfg["encode"] == {
         "device": "auto",
-        "precision": "fp32",
+        "precision": "auto",
         "batch_size": "auto",
         "decode_workers": 1,
         "threads": 4,

@@ -7,17 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from clipbench.batching import batch_sizes, prepared_batches
 from clipbench.demo import demo_rows, write_open_clip_checkpoint
 from clipbench.embeddings import l2_normalize
-from clipbench.encode import (
-    encode_images,
-    encode_texts,
-    fit_text_head,
-    precision_context,
-    resolve_device,
-)
+from clipbench.encode import encode_images, encode_texts, fit_text_head
 from clipbench.encoders import Geometry, load_encoder, load_state_dict, seeded_projection
 from clipbench.errors import InputError
+from clipbench.precision import resolve_device, resolve_precision
 from tests.conftest import DEMO_ARCHS, bert_resnet_spec, open_clip_spec, png_bytes
 
 CPU = torch.device("cpu")
@@ -43,23 +39,27 @@ def encoder(request, checkpoints):
 
 
 def test_batched_images_equal_one_at_a_time(encoder, blobs):
+    # fp32 means float32-level error on every CPU (on AMX ones too, where matmul precision
+    # "medium" would compute in bf16), so the fp32 tolerance holds everywhere.
+    policy = resolve_precision("fp32", CPU)
     ids = list(range(len(blobs)))
-    batched = l2_normalize(encode_images(encoder, blobs, ids, batch_size=4))
+    batched = l2_normalize(encode_images(encoder, blobs, ids, batch_size=4, precision=policy))
     single = l2_normalize(
         np.concatenate(
-            [encode_images(encoder, [b], [i], 1) for b, i in zip(blobs, ids, strict=True)]
+            [encode_images(encoder, [b], [i], 1, policy) for b, i in zip(blobs, ids, strict=True)]
         )
     )
     assert batched.dtype == np.float32 and batched.shape[0] == len(blobs)
-    np.testing.assert_allclose(batched, single, atol=2e-5)
+    np.testing.assert_allclose(batched, single, atol=policy.tolerance)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
 
 def test_batched_texts_equal_one_at_a_time(encoder):
     # Padding to the batch's longest caption must not change a short caption's embedding.
-    batched = l2_normalize(encode_texts(encoder, CAPTIONS, batch_size=5))
-    single = l2_normalize(np.concatenate([encode_texts(encoder, [c], 1) for c in CAPTIONS]))
-    np.testing.assert_allclose(batched, single, atol=2e-5)
+    policy = resolve_precision("fp32", CPU)
+    batched = l2_normalize(encode_texts(encoder, CAPTIONS, batch_size=5, precision=policy))
+    single = l2_normalize(np.concatenate([encode_texts(encoder, [c], 1, policy) for c in CAPTIONS]))
+    np.testing.assert_allclose(batched, single, atol=policy.tolerance)
 
 
 def test_models_are_in_eval_mode(encoder):
@@ -159,7 +159,7 @@ def test_device_and_precision_choices():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
     with pytest.raises(InputError, match="fp16 needs a CUDA device"):
-        precision_context(CPU, "fp16")
+        resolve_precision("fp16", CPU)
 
 
 @pytest.mark.parametrize("which", ["open_clip", "bert_resnet"])
@@ -220,7 +220,7 @@ def test_truncated_clip_text_equals_the_padded_path(checkpoints, arch):
     torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-4)
 
 
-def test_default_fp32_on_cpu_stays_within_1e5_of_strict_fp32(checkpoints, blobs):
+def test_fp32_on_cpu_stays_within_1e5_of_strict_fp32(checkpoints, blobs):
     enc = load_encoder(bert_resnet_spec(checkpoints), CPU)
     ids = list(range(len(blobs)))
     fast = l2_normalize(encode_images(enc, blobs, ids, 4, precision="fp32"))
@@ -236,8 +236,6 @@ def test_convolutional_image_towers_run_channels_last(checkpoints):
 
 
 def test_images_prepared_ahead_in_threads_equal_the_inline_path(checkpoints, blobs):
-    from clipbench.encode import prepared_batches
-
     enc = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
     ids = list(range(len(blobs)))
     inline = encode_images(enc, blobs, ids, 2, workers=0)
@@ -248,13 +246,12 @@ def test_images_prepared_ahead_in_threads_equal_the_inline_path(checkpoints, blo
 
 
 def test_auto_batch_size_is_chosen_per_tower_type(checkpoints):
-    from clipbench.encode import batch_sizes
-
     cnn = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
     vit = load_encoder(open_clip_spec(checkpoints, "tiny-vit-32"), CPU)
-    assert batch_sizes("auto", cnn) == (8, 32)
-    assert batch_sizes("auto", vit) == (32, 32)
-    assert batch_sizes(5, cnn) == (5, 5)
+    assert batch_sizes("auto", "cpu", cnn.channels_last) == (8, 32)
+    assert batch_sizes("auto", "cpu", vit.channels_last) == (32, 32)
+    assert batch_sizes("auto", "cuda", vit.channels_last) == (128, 128)
+    assert batch_sizes(5, "cpu", cnn.channels_last) == (5, 5)
 
 
 def test_open_clip_checkpoint_that_would_run_code_is_refused(checkpoints, tmp_path, monkeypatch):

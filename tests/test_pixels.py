@@ -8,14 +8,15 @@ from PIL import Image
 
 from clipbench.arrow_io import read_metadata, write_table
 from clipbench.demo import demo_rows
-from clipbench.encode import Session, encode_images
+from clipbench.encode import encode_images
 from clipbench.encoders import Geometry, load_encoder
 from clipbench.images import decode_image
 from clipbench.pixels import StoredPixels, write_pixels
+from clipbench.stages.encode import EncodeSettings, Session
 from tests.conftest import bert_resnet_spec, open_clip_spec
 
 CPU = torch.device("cpu")
-SETTINGS = {"device": "cpu", "precision": "fp32", "batch_size": 3, "decode_workers": 1}
+SETTINGS = EncodeSettings(device="cpu", precision="fp32", batch_size=3, decode_workers=1)
 
 
 @pytest.fixture(scope="module")

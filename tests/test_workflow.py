@@ -12,9 +12,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+import torch
 import yaml
 
 from clipbench.arrow_io import read_metadata, read_table
+from clipbench.precision import resolve_precision
 from tests.workflow_runs import DEMO, job_counts, snakemake, workflow_copy
 
 pytestmark = pytest.mark.e2e
@@ -73,10 +75,14 @@ def test_demo_model_artifacts(demo, dataset, model):
         np.linalg.norm(matrix(images["embedding"], n_images), axis=1), 1, atol=1e-5
     )
     meta = read_metadata(res / f"embeddings/{model}/images.arrow")
-    assert meta["model"] == model and meta["device"] == "cpu" and meta["precision"] == "fp32"
+    # The demo runs the default precision, auto: what it resolves to on this CPU, within the
+    # stated bound of strict float32.
+    policy = resolve_precision("auto", torch.device("cpu"))
+    assert meta["model"] == model and meta["device"] == "cpu"
+    assert meta["precision"] == policy.name and meta["precision_policy"]["requested"] == "auto"
     assert {"torch", "open_clip_torch", "transformers"} <= set(meta["libraries"])
     assert (meta["text_head"] is not None) == model.endswith("ridge")
-    assert meta["deviation_from_strict_fp32"]["max_cosine_distance"] <= 1e-5
+    assert meta["deviation_from_strict_fp32"]["max_cosine_distance"] <= policy.deviation_bound
 
     sim = read_table(res / f"similarity/{model}.arrow")
     assert sim.num_rows == n_captions
@@ -499,7 +505,7 @@ def test_unknown_model_kind_is_rejected_before_any_job(tmp_path, checkpoints, go
 def test_similarity_matrix_is_streamed_and_skipped_above_the_threshold(tmp_path):
     from clipbench.arrow_io import write_table
     from clipbench.embeddings import embedding_table, l2_normalize
-    from clipbench.stages import similarity
+    from clipbench.stages.scores import similarity
 
     rng = np.random.default_rng(0)
     images = l2_normalize(rng.standard_normal((7, 4)))

@@ -1,7 +1,5 @@
-"""The workflow's stages that need no model: read input artifacts, call the pure logic, write
-Arrow. Each takes plain paths and values, so it runs the same under Snakemake, from a test or
-from a notebook. The GPU-tagged stages, which load models, live in :mod:`clipbench.encode`.
-"""
+"""The stages that score one model's embeddings: the similarity matrix, ranks and top-K with
+metrics (`hits`), paired comparisons between models (`compare`) and free-text queries."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ from clipbench.arrow_io import (
     read_table,
     write_table,
 )
-from clipbench.dataset import load_dataset
-from clipbench.histogram import histogram_table, kde_table, rank_cdf_table
+from clipbench.embeddings import Embeddings
 from clipbench.metrics import (
     bootstrap_intervals,
     chance_metrics,
@@ -30,57 +27,10 @@ from clipbench.metrics import (
     paired_bootstrap,
     summarize,
 )
-from clipbench.retrieval import TILE_SCORES, RetrievalResult, retrieve_both, topk
+from clipbench.retrieval import TILE_SCORES, RetrievalResult, topk
 
 log = logging.getLogger("clipbench")
 DIRECTIONS = ("text_to_image", "image_to_text")
-
-
-def download(
-    dataset_cfg: dict[str, Any],
-    name: str,
-    out_images: str,
-    out_captions: str,
-    retry: dict | None = None,
-) -> None:
-    images, captions, metadata = load_dataset(dataset_cfg, retry)
-    log.info(
-        "dataset %s: %d images, %d captions from %s (sha256 %s)",
-        name,
-        images.num_rows,
-        captions.num_rows,
-        metadata["source"],
-        metadata["sha256"],
-    )
-    if skipped := metadata["skipped_rows"]:
-        log.warning(
-            "dataset %s: skipped %d source row(s) whose image cannot be decoded "
-            "(on_bad_image: skip):\n%s",
-            name,
-            len(skipped),
-            "\n".join(f"  row {r['row']}: {r['reason']}" for r in skipped),
-        )
-    write_table(images, out_images, {"dataset": name, **metadata})
-    write_table(captions, out_captions, {"dataset": name, **metadata})
-
-
-class Embeddings:
-    """One model's image and caption embeddings; image ids are row indices (0…n−1)."""
-
-    def __init__(self, images_path: str, texts_path: str):
-        self.images, self.texts = read_table(images_path), read_table(texts_path)
-        self.image_emb = embedding_matrix(self.images["embedding"])
-        self.text_emb = embedding_matrix(self.texts["embedding"])
-        self.caption_image = self.texts["image_id"].to_numpy()
-        self.meta = read_metadata(texts_path)
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        return {"model": self.meta["model"], "dataset": self.meta["dataset"]}
-
-    def retrieve(self, k: int, tile_scores: int) -> tuple[RetrievalResult, RetrievalResult]:
-        """(text→image, image→text) from one pass over the score matrix."""
-        return retrieve_both(self.text_emb, self.image_emb, self.caption_image, k, tile_scores)
 
 
 def similarity(
@@ -295,76 +245,6 @@ def compare(
         ),
     )
     write_table(table, out_path, {"models": list(models), "k": k, "bootstrap": bootstrap})
-
-
-def non_matched_scores(emb: Embeddings, max_pairs: int, seed: int) -> np.ndarray:
-    """Cosine of (caption, image) pairs where the image is not the caption's own: all of them
-    while there are at most ``max_pairs``, else a seeded uniform sample of that many."""
-    n_texts, n_images = emb.text_emb.shape[0], emb.image_emb.shape[0]
-    if n_texts * (n_images - 1) <= max_pairs:
-        other = np.ones((n_texts, n_images), bool)
-        other[np.arange(n_texts), emb.caption_image] = False
-        return (emb.text_emb @ emb.image_emb.T)[other]
-    rng = np.random.default_rng(seed)
-    text = rng.integers(0, n_texts, max_pairs)
-    # Uniform over the n−1 other images: draw from n−1 slots, skip over the own image.
-    image = rng.integers(0, n_images - 1, max_pairs)
-    image += image >= emb.caption_image[text]
-    return np.einsum("ij,ij->i", emb.text_emb[text], emb.image_emb[image])
-
-
-def histogram(
-    images_path: str,
-    texts_path: str,
-    t2i_path: str,
-    i2t_path: str,
-    bins: int,
-    lo: float,
-    hi: float,
-    max_pairs: int,
-    seed: int,
-    out_hist: str,
-    out_kde: str,
-    out_ranks: str,
-) -> None:
-    """Similarity distributions (matched vs non-matched pairs) and rank CDFs for one model."""
-    emb = Embeddings(images_path, texts_path)
-    matched = read_table(t2i_path)["score"].to_numpy()
-    other = non_matched_scores(emb, max_pairs, seed)
-    provenance = {
-        **emb.provenance,
-        "n_matched": int(matched.size),
-        "n_non_matched": int(other.size),
-        "seed": seed,
-    }
-    groups = (("matched", matched), ("non-matched", other))
-    write_table(
-        pa.concat_tables(
-            [labelled(histogram_table(v, bins, lo, hi), "pairs", name) for name, v in groups]
-        ),
-        out_hist,
-        provenance,
-    )
-    write_table(
-        pa.concat_tables([labelled(kde_table(v), "pairs", name) for name, v in groups]),
-        out_kde,
-        provenance,
-    )
-    ranks = zip(DIRECTIONS, (t2i_path, i2t_path), strict=True)
-    write_table(
-        pa.concat_tables(
-            [
-                labelled(rank_cdf_table(read_table(p)["rank"].to_numpy()), "direction", d)
-                for d, p in ranks
-            ]
-        ),
-        out_ranks,
-        emb.provenance,
-    )
-
-
-def labelled(table: pa.Table, column: str, value: str) -> pa.Table:
-    return table.append_column(column, pa.array([value] * table.num_rows, pa.string()))
 
 
 def queries(images_path: str, queries_path: str, dataset_path: str, k: int, out_path: str) -> None:

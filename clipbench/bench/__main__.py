@@ -1,0 +1,134 @@
+"""Benchmark this machine: matmul peaks, encoder throughput, the hits stage at scale, the whole
+workflow, and the workflow against CLIP_benchmark.
+
+    python -m clipbench.bench                       # peaks, models, mechanisms, hits
+    python -m clipbench.bench --quick               # fewer repeats, N = 10k only
+    python -m clipbench.bench --sections versus     # against CLIP_benchmark (pip install
+                                                    #   --no-deps clip-benchmark==1.6.2 first)
+    python -m clipbench.bench --sections workflow   # the whole default workflow (4 models)
+
+Random weights of the real architectures throughout (same FLOPs as the real weights). Tables
+are printed and written as Arrow under ``results/bench/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+from clipbench.arrow_io import write_table
+from clipbench.bench.kernels import gemm_peaks, mechanisms, model_throughput
+from clipbench.bench.scale import hits_scaling
+from clipbench.bench.workflow import side_by_side, whole_workflow
+from clipbench.cpus import usable_cpus
+from clipbench.precision import resolve_device
+from clipbench.stages.encode import library_versions
+
+SECTIONS = ["peaks", "models", "mechanisms", "hits", "workflow", "versus"]
+DEFAULT_SECTIONS = ["peaks", "models", "mechanisms", "hits"]
+
+
+def cpu_name() -> str:
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    extras = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({usable_cpus()} usable CPUs{', ' + ', '.join(extras) if extras else ''})"
+
+
+def shares(rows: list[dict]) -> None:
+    """Each throughput row's share of the same-run peak of the kernels it runs."""
+    peaks = {r["name"]: r["gflops"] for r in rows if r["section"] == "peak"}
+    for row in rows:
+        if row.get("peak") in peaks and "gflops" in row:
+            row["share_of_peak"] = row["gflops"] / peaks[row["peak"]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=DEFAULT_SECTIONS, choices=SECTIONS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=usable_cpus())
+    parser.add_argument(
+        "--batch",
+        default="auto",
+        type=lambda v: v if v == "auto" else int(v),
+        help="items per forward pass; auto: what the workflow's batch_size: auto picks per tower",
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["auto", "fp32"],
+        choices=["auto", "fp32", "fp32-strict", "bf16", "fp16"],
+    )
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--hits-sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--rows", type=int, default=833, help="dataset rows of workflow/versus")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 repeat, small GEMMs, N = 10k")
+    parser.add_argument("--out", default="results/bench")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    repeats = 1 if args.quick else args.repeats
+    out = Path(args.out).resolve()
+    rows: list[dict] = []
+    if "peaks" in args.sections:
+        sizes = [1024, 2048] if args.quick else [1024, 2048, 4096]
+        rows += gemm_peaks(device, sizes, repeats)
+    if "models" in args.sections:
+        for precision in args.precision:
+            rows += model_throughput(
+                device, args.batch, repeats, precision, not args.no_channels_last
+            )
+    if "mechanisms" in args.sections:
+        rows += mechanisms(device, repeats)
+    if "hits" in args.sections:
+        rows += hits_scaling(args.hits_sizes[:1] if args.quick else args.hits_sizes, 512)
+    if "workflow" in args.sections:
+        rows += whole_workflow(out / "workflow", args.rows)
+    if "versus" in args.sections:
+        rows += side_by_side(out / "versus", args.rows)
+    shares(rows)
+
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "section", k != "name", k))
+    table = pa.table({c: [r.get(c) for r in rows] for c in columns})
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    meta = {
+        "device": device_name,
+        "threads": args.threads,
+        "repeats": repeats,
+        "libraries": library_versions(),
+        "weights": "random, real architectures",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(table, out / f"bench-{device.type}.arrow", meta)
+    print(
+        f"# device: {device_name}; {args.threads} threads; torch {torch.__version__}; random "
+        f"weights of the real architectures; best of {repeats} repeat(s)"
+    )
+    for row in rows:
+        print(
+            "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    print(f"# peak RSS of this process: {peak_rss} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Matmul peaks and each encoder tower's throughput as the workflow runs it, as a share of the
+peak of the kernels it runs, measured in the same run; and the reduced-precision mechanisms
+side by side, so each device's choice in :mod:`clipbench.precision` is a measurement."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from clipbench.batching import AUTO_BATCH
+from clipbench.precision import Precision, matmul_precision, resolve_precision
+
+# A typical Pokémon BLIP caption ("a drawing of a green pokemon with red eyes") is ~12 tokens.
+CAPTION = "a cartoon drawing of a small yellow pokemon with red eyes"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call (shared machines are noisy:
+    the best is the least disturbed)."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_paths(device: torch.device) -> dict[str, tuple[torch.dtype, str]]:
+    """GEMM paths by name: (dtype, float32 matmul precision)."""
+    paths = {
+        "fp32": (torch.float32, "highest"),
+        "fp32 matmul high": (torch.float32, "high"),
+        "fp32 matmul medium": (torch.float32, "medium"),
+        "bf16": (torch.bfloat16, "highest"),
+    }
+    if device.type == "cuda":
+        paths["fp16"] = (torch.float16, "highest")
+    return paths
+
+
+def peak_for(policy: Precision) -> str:
+    """The GEMM path whose peak a tower at ``policy`` is measured against."""
+    if policy.name in ("bf16", "fp16"):
+        return policy.name
+    return {"highest": "fp32", "high": "fp32 matmul high", "medium": "fp32 matmul medium"}[
+        policy.matmul
+    ]
+
+
+def gemm_peaks(device: torch.device, sizes: list[int], repeats: int) -> list[dict]:
+    """Per GEMM path, the best GFLOP/s over square sizes and repeats, and its error against
+    float64 on a 512³ sample."""
+    rows = []
+    a64 = torch.randn(512, 512, dtype=torch.float64)
+    b64 = torch.randn(512, 512, dtype=torch.float64)
+    exact = a64 @ b64
+    for name, (dtype, level) in peak_paths(device).items():
+        with matmul_precision(level):
+            best, best_n = 0.0, 0
+            for n in sizes:
+                a = torch.randn(n, n, device=device, dtype=dtype)
+                b = torch.randn(n, n, device=device, dtype=dtype)
+                gflops = 2 * n**3 / timed(lambda a=a, b=b: a @ b, device, repeats) / 1e9
+                if gflops > best:
+                    best, best_n = gflops, n
+            approx = (a64.to(device, dtype) @ b64.to(device, dtype)).double().cpu()
+        error = float((approx - exact).abs().max() / exact.abs().max())
+        rows.append(
+            {"section": "peak", "name": name, "gflops": best, "n": best_n, "relative_error": error}
+        )
+    return rows
+
+
+def model_cases(device: torch.device, channels_last: bool):
+    """(name, kind, owner module, callable, input maker(batch), convolutional) for each encoder
+    tower, random weights."""
+    import open_clip
+    import torchvision
+    from transformers import BertConfig, BertModel
+
+    from clipbench.encoders import encode_text_truncated
+
+    def image_input(size):
+        def make(batch):
+            x = torch.randn(batch, 3, size, size, device=device)
+            return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        return make
+
+    for arch in ("RN50", "ViT-B-32", "ViT-B-16"):
+        model = open_clip.create_model(arch).to(device).eval()
+        visual = model.visual
+        conv = arch.startswith("RN")
+        if channels_last and conv:
+            visual = visual.to(memory_format=torch.channels_last)
+        yield f"clip {arch} image", "image", visual, visual, image_input(224), conv
+        if arch == "ViT-B-32":
+            tokens = open_clip.get_tokenizer(arch)([CAPTION])[0].to(device)
+
+            def text_input(batch, tokens=tokens):
+                return tokens.expand(batch, -1).contiguous()
+
+            yield "clip text, padded to 77", "text", model, model.encode_text, text_input, False
+            yield (
+                "clip text, truncated",
+                "text",
+                model,
+                lambda t, model=model: encode_text_truncated(model, t),
+                text_input,
+                False,
+            )
+    resnet = torchvision.models.resnet50().to(device).eval()
+    if channels_last:
+        resnet = resnet.to(memory_format=torch.channels_last)
+    yield "torchvision resnet50", "image", resnet, resnet, image_input(224), True
+    bert = BertModel(BertConfig()).to(device).eval()
+    n_tokens = 14  # [CLS] + the caption's word pieces + [SEP]
+
+    for label, length in (
+        ("bert-base, dynamic padding", n_tokens),
+        ("bert-base, padded to 77", 77),
+    ):
+
+        def bert_input(batch, length=length):
+            ids = torch.randint(1000, 30000, (batch, length), device=device)
+            mask = torch.zeros_like(ids)
+            mask[:, :n_tokens] = 1
+            return ids, mask
+
+        yield (
+            label,
+            "text",
+            bert,
+            lambda x, bert=bert: bert(input_ids=x[0], attention_mask=x[1]),
+            bert_input,
+            False,
+        )
+
+
+def flops_per_item(module, make_input) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # With autograd on, nn.MultiheadAttention skips its fused inference kernel, which the
+    # counter cannot see into: the count then includes the attention projections.
+    with torch.enable_grad(), counter:
+        module(make_input(1))
+    return float(counter.get_total_flops())
+
+
+def _cast_input(x, dtype: torch.dtype):
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.to(dtype)
+    return x
+
+
+def model_throughput(
+    device: torch.device, batch: int | str, repeats: int, precision: str, channels_last: bool
+) -> list[dict]:
+    """Each tower run as the workflow runs it at ``precision`` (its :class:`Precision` on this
+    device), at ``batch`` or, for "auto", at the batch ``batch_size: auto`` picks for it."""
+    policy = resolve_precision(precision, device)
+    rows = []
+    auto = AUTO_BATCH["cuda" if device.type == "cuda" else "cpu"]
+    for name, kind, owner, module, make_input, conv in model_cases(device, channels_last):
+        size = auto["convolutional" if conv else "other"] if batch == "auto" else int(batch)
+        flops = flops_per_item(module, make_input)
+        x = make_input(size)
+        if policy.cast_weights:
+            owner.to(policy.dtype)
+            x = _cast_input(x, policy.dtype)
+
+        with policy.context():  # entered once, as encode does around all its batches
+            seconds = timed(lambda module=module, x=x: module(x), device, repeats)
+        rows.append(
+            {
+                "section": "model",
+                "name": name,
+                "kind": kind,
+                "precision": precision,
+                "ran": policy.name,
+                "peak": peak_for(policy),
+                "batch": size,
+                "gflop_per_item": flops / 1e9,
+                "items_per_s": size / seconds,
+                "gflops": flops * size / seconds / 1e9,
+            }
+        )
+    return rows
+
+
+def mechanisms(device: torch.device, repeats: int, batch: int = 32) -> list[dict]:
+    """ViT-B-32's image tower at the device's reduced precision through each mechanism: the
+    weights cast, autocast under no_grad (its weight-cast cache on), autocast under
+    inference_mode (cache off). What :mod:`clipbench.precision` chooses rests on this."""
+    import open_clip
+
+    from clipbench.precision import native_reduced
+
+    name = native_reduced(device)
+    if name is None:
+        return []
+    dtype = torch.bfloat16 if name == "bf16" else torch.float16
+    rows = []
+    for label in ("cast weights, inference_mode", "autocast, no_grad", "autocast, inference_mode"):
+        visual = open_clip.create_model("ViT-B-32").visual.to(device).eval()
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        if label.startswith("cast"):
+            visual.to(dtype)
+            x = x.to(dtype)
+            grad, autocast = torch.inference_mode, False
+        else:
+            grad, autocast = (
+                torch.no_grad if "no_grad" in label else torch.inference_mode,
+                True,
+            )
+
+        with grad(), torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            seconds = timed(lambda visual=visual, x=x: visual(x), device, repeats)
+        rows.append(
+            {
+                "section": "mechanism",
+                "name": f"clip ViT-B-32 image, {name}: {label}",
+                "batch": batch,
+                "items_per_s": batch / seconds,
+            }
+        )
+    return rows

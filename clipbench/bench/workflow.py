@@ -1,0 +1,212 @@
+"""The whole workflow's wall time on Pokémon-shaped data, and side by side with CLIP_benchmark
+on the same data and models."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from clipbench.bench import peer
+
+REPO = Path(__file__).parents[2]
+CLIP_MODELS = {"clip-rn50": "RN50", "clip-vit-b-32": "ViT-B-32", "clip-vit-b-16": "ViT-B-16"}
+# The README's command: the profile's greedy scheduler and `gpu=1` come with it.
+README_FLAGS = ["--cores", "4", "--resources", "gpu=1"]
+ENCODE_RULES = ("pixels", "encode")
+
+
+def write_dataset(parquet: Path, rows: int, seed: int = 0) -> None:
+    """``rows`` 1280×1280 JPEGs of ~120 kB (as the Pokémon BLIP-captions images: 1000–1300 px,
+    mostly flat backgrounds) with BLIP-like captions, in the Hugging Face Image layout."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from clipbench import demo
+    from clipbench.arrow_io import atomic_path
+
+    rng = np.random.default_rng(seed)
+    blobs, captions = [], []
+    for i in range(rows):
+        color, bg, shape = (
+            list(demo.COLORS)[i % 6],
+            list(demo.BACKGROUNDS)[i % 3],
+            demo.SHAPES[i % 4],
+        )
+        image = demo.draw_shape(shape, demo.COLORS[color], demo.BACKGROUNDS[bg], (1280, 1280))
+        # Faint texture: ~120 kB at quality 90, what the real images weigh.
+        noise = rng.integers(0, 7, (1280, 1280, 3), dtype=np.uint8)
+        image = Image.fromarray(np.asarray(image) - noise)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+        captions.append(f"a drawing of a {color} {shape} pokemon on a {bg} background")
+    table = pa.table(
+        {
+            "image": pa.array(
+                [{"bytes": b, "path": None} for b in blobs],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "text": captions,
+        }
+    )
+    with atomic_path(str(parquet)) as tmp:
+        pq.write_table(table, tmp)
+
+
+def workflow_inputs(root: Path, rows: int, seed: int = 0) -> dict:
+    """The dataset and random checkpoints of the default models' real architectures; returns
+    the datasets and models of a config that runs them (CLIP models first)."""
+    import open_clip
+    import torchvision
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from clipbench import demo
+
+    root.mkdir(parents=True, exist_ok=True)
+    parquet = root / f"pokemon-shaped-{rows}.parquet"
+    if not parquet.exists():
+        write_dataset(parquet, rows, seed)
+    models = {}
+    for name, arch in CLIP_MODELS.items():
+        path = root / f"{arch}.safetensors"
+        if not path.exists():
+            demo.save_safetensors(open_clip.create_model(arch), str(path))
+        models[name] = {"kind": "open_clip", "arch": arch, "checkpoint": str(path)}
+    resnet, bert = root / "resnet50.safetensors", root / "bert-base"
+    if not resnet.exists():
+        demo.save_safetensors(torchvision.models.resnet50(), str(resnet))
+    if not bert.exists():
+        demo.write_bert(str(bert), seed)  # the demo vocabulary covers these captions
+        BertModel(
+            BertConfig(vocab_size=BertTokenizer.from_pretrained(bert).vocab_size)
+        ).save_pretrained(bert)
+    models["bert-resnet50"] = {
+        "kind": "bert_resnet",
+        "text_model_dir": str(bert),
+        "image_arch": "resnet50",
+        "image_checkpoint": str(resnet),
+    }
+    return {"datasets": {"bench": {"source": {"parquet": str(parquet)}}}, "models": models}
+
+
+def job_seconds(work: Path) -> dict[str, float]:
+    """Each job's own wall time from its `benchmark:` file, by path under benchmarks/."""
+    out = {}
+    for tsv in (work / "benchmarks").rglob("*.tsv"):
+        with tsv.open() as handle:
+            row = next(csv.DictReader(handle, delimiter="\t"))
+        out[str(tsv.relative_to(work / "benchmarks").with_suffix(""))] = float(row["s"])
+    return out
+
+
+def run_workflow(root: Path, config: dict, label: str) -> dict:
+    """The README command on ``config`` from an empty results folder: wall time, and the jobs'
+    own times summed by stage (encode and pixels, and everything after them)."""
+    import yaml
+
+    work = root / label
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--workflow-profile",
+        str(REPO / "profiles" / "default"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config.yaml"),
+        *README_FLAGS,
+        "--quiet",
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"the workflow failed:\n{done.stderr[-4000:]}")
+    jobs = job_seconds(work)
+    encode = {k.rsplit("/", 1)[-1]: v for k, v in jobs.items() if "/encode/" in k}
+    return {
+        "seconds": wall,
+        "jobs": len(jobs),
+        "encode_jobs": encode,
+        "pixels_seconds": sum(v for k, v in jobs.items() if "/pixels/" in k),
+        "after_encode_seconds": sum(
+            v
+            for k, v in jobs.items()
+            if not any(f"/{rule}" in f"/{k}" for rule in (*ENCODE_RULES, "download"))
+        ),
+        "noop_seconds": _noop(command),
+    }
+
+
+def _noop(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start
+
+
+def whole_workflow(root: Path, rows: int) -> list[dict]:
+    """The whole default workflow (the four default architectures) from empty results."""
+    inputs = workflow_inputs(root / "inputs", rows)
+    result = run_workflow(root, inputs, "default-4-models")
+    return [
+        {
+            "section": "workflow",
+            "name": f"whole default workflow (4 models, {rows} rows)",
+            "n": rows,
+            **_flat(result),
+        }
+    ]
+
+
+def side_by_side(root: Path, rows: int) -> list[dict]:
+    """The three CLIP models on the same data through this workflow (the README command) and
+    through CLIP_benchmark's evaluate as its CLI runs it: at each tool's default precision
+    (ours `auto`, theirs AMP) and at float32 (ours `fp32`, theirs `--no_amp`)."""
+    if not peer.available():
+        raise RuntimeError(
+            "CLIP_benchmark is not installed: pip install --no-deps clip-benchmark==1.6.2 "
+            "(for this benchmark only)"
+        )
+    inputs = workflow_inputs(root / "inputs", rows)
+    models = {m: inputs["models"][m] for m in CLIP_MODELS}
+    parquet = Path(inputs["datasets"]["bench"]["source"]["parquet"])
+    theirs_models = {m: (spec["arch"], spec["checkpoint"]) for m, spec in models.items()}
+    rows_out = []
+    for label, precision, amp in (("default", "auto", True), ("fp32", "fp32", False)):
+        config = {**inputs, "models": models, "encode": {"precision": precision}}
+        ours = run_workflow(root, config, f"clip-{label}")
+        theirs = peer.run(parquet, theirs_models, amp=amp)
+        rows_out.append(
+            {
+                "section": "versus",
+                "name": f"3 CLIP models, {label}: ours {precision}, CLIP_benchmark amp={amp}",
+                "n": rows,
+                "ours_seconds": ours["seconds"],
+                "theirs_seconds": theirs["seconds"],
+                "speedup": theirs["seconds"] / ours["seconds"],
+                **{f"ours_{k}": v for k, v in _flat(ours).items() if k != "seconds"},
+                **{f"theirs_{m}_seconds": r["seconds"] for m, r in theirs["models"].items()},
+            }
+        )
+    return rows_out
+
+
+def _flat(result: dict) -> dict:
+    out = {k: v for k, v in result.items() if k != "encode_jobs"}
+    out |= {f"encode_{m}_seconds": s for m, s in result["encode_jobs"].items()}
+    return out

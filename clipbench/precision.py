@@ -1,0 +1,177 @@
+"""Which device a job runs on, and what each `encode.precision` setting means there.
+
+Every setting means the same accuracy on every machine, decided by what the hardware does, not
+by its name:
+
+- ``fp32-strict``: float32 kernels, nothing reduced.
+- ``fp32``: float32 results at float32-level error. A faster float32 matmul mode (oneDNN's
+  ``"medium"``, CUDA's TF32) is used only where a probe GEMM measured on this device stays at
+  float32-level error; on AMX CPUs ``"medium"`` computes in bf16 (2e-3 relative error) and is
+  refused, on CUDA TF32 is.
+- ``bf16`` / ``fp16``: reduced precision, deviation from strict float32 measured per run.
+  On CPU the weights are cast (measured: autocast re-casts per op and ran ViTs slower than
+  fp32); on CUDA autocast runs under ``no_grad``, where its weight-cast cache works (under
+  ``inference_mode`` it does not, and every op casts its weights again).
+- ``auto`` (default): the fastest reduced precision the device runs natively (bf16 on CPUs
+  with AVX-512 BF16 or AMX and on CUDA devices that support it, fp16 on older GPUs), fp32
+  where there is none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clipbench.errors import InputError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Relative GEMM error (max |error| / max |exact|) a float32 mode may reach and still count as
+# float32: strict float32 measures 3e-7–6e-7 at K = 768, bf16 inside a matmul 2e-3.
+FP32_LEVEL_ERROR = 1e-5
+# Bounds on the cosine distance of an L2-normalised embedding between two computations at a
+# precision (batched vs one at a time, fast path vs reference): what the tests hold each
+# precision to.
+EMBEDDING_TOLERANCE = {"fp32-strict": 2e-5, "fp32": 2e-5, "bf16": 2e-2, "fp16": 5e-3}
+# The stated bound on each run's measured deviation from strict float32 (largest cosine
+# distance over the strict sample), held by the tests on the demo's models.
+DEVIATION_BOUND = {"fp32-strict": 0.0, "fp32": 1e-5, "bf16": 1e-3, "fp16": 1e-3}
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an explicit device must exist."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {requested!r} requested but CUDA is not available; use auto")
+    return device
+
+
+def native_reduced(device: torch.device) -> str | None:
+    """The reduced precision the device computes natively, None where it only emulates one."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    ):
+        return "bf16"
+    return None
+
+
+@contextlib.contextmanager
+def matmul_precision(level: str) -> Iterator[None]:
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(level)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def fp32_error(device: torch.device, level: str) -> float:
+    """Largest relative error against float64 of the float32 kernels a tower uses (linear,
+    batched matmul, convolution) under a float32 matmul precision ``level``."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 768, dtype=torch.float64, generator=generator)
+    w = torch.randn(768, 768, dtype=torch.float64, generator=generator)
+    x = torch.randn(2, 64, 16, 16, dtype=torch.float64, generator=generator)
+    k = torch.randn(64, 64, 3, 3, dtype=torch.float64, generator=generator)
+    ops = [
+        lambda a, w, x, k: torch.nn.functional.linear(a, w),
+        lambda a, w, x, k: torch.bmm(a[None], w[None])[0],
+        lambda a, w, x, k: torch.nn.functional.conv2d(x, k, padding=1),
+    ]
+    worst = 0.0
+    with matmul_precision(level), torch.inference_mode():
+        for op in ops:
+            exact = op(a, w, x, k)
+            args = (t.to(device, torch.float32) for t in (a, w, x, k))
+            approx = op(*args).double().cpu()
+            worst = max(worst, float((approx - exact).abs().max() / exact.abs().max()))
+    return worst
+
+
+@functools.cache
+def fp32_matmul_level(device: torch.device) -> str:
+    """The fastest float32 matmul precision whose probe stays at float32-level error here."""
+    for level in ("medium", "high"):
+        if fp32_error(device, level) <= FP32_LEVEL_ERROR:
+            return level
+    return "highest"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a precision setting runs as on one device (see the module's docstring)."""
+
+    requested: str  # the config value
+    name: str  # what runs: fp32-strict, fp32, bf16 or fp16
+    device: torch.device
+    matmul: str  # torch float32 matmul precision for the float32 parts
+    cast_weights: bool  # the model's weights are cast to `dtype`
+    autocast: bool  # ops run under torch.autocast(dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights and of the pixels fed to the model."""
+        return DTYPES[self.name] if self.cast_weights else torch.float32
+
+    @property
+    def strict(self) -> bool:
+        return self.name == "fp32-strict" or (self.name == "fp32" and self.matmul == "highest")
+
+    @property
+    def tolerance(self) -> float:
+        return EMBEDDING_TOLERANCE[self.name]
+
+    @property
+    def deviation_bound(self) -> float:
+        return DEVIATION_BOUND[self.name]
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        # Autocast caches its casts of the weights only outside inference_mode.
+        grad = torch.no_grad() if self.autocast else torch.inference_mode()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(grad)
+            stack.enter_context(matmul_precision(self.matmul))
+            if self.autocast:
+                stack.enter_context(torch.autocast(self.device.type, dtype=DTYPES[self.name]))
+            yield
+
+    def describe(self) -> dict:
+        mechanism = "cast weights" if self.cast_weights else "autocast" if self.autocast else None
+        return {
+            "requested": self.requested,
+            "ran": self.name,
+            "float32_matmul": self.matmul,
+            "mechanism": mechanism or "float32",
+        }
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """The :class:`Precision` a setting runs as on ``device``; an impossible pair is refused."""
+    name = requested
+    if requested == "auto":
+        name = native_reduced(device) or "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise InputError("precision fp16 needs a CUDA device; use bf16, fp32 or auto on CPU")
+    if name == "fp32-strict":
+        return Precision(requested, name, device, "highest", False, False)
+    if name == "fp32":
+        return Precision(requested, name, device, fp32_matmul_level(device), False, False)
+    cast = device.type == "cpu"
+    return Precision(requested, name, device, "highest", cast, not cast)
+
+
+def deviation_from(strict: np.ndarray | None, embeddings: np.ndarray) -> dict | None:
+    """Largest cosine distance between embeddings and their strict float32 counterparts."""
+    if strict is None:
+        return None
+    distance = 1.0 - np.sum(strict * embeddings[: len(strict)], axis=1)
+    return {"max_cosine_distance": float(distance.max()), "sample": len(strict)}

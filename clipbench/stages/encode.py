@@ -1,0 +1,222 @@
+"""The GPU-tagged `encode` stage: one loaded model encodes a dataset's images, its captions and
+the free-text queries; the :class:`Session` it opens also serves the robustness stage."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from clipbench.arrow_io import read_metadata, read_table, write_table
+from clipbench.batching import batch_sizes
+from clipbench.cpus import compute_threads
+from clipbench.embeddings import embedding_table, l2_normalize
+from clipbench.encode import (
+    caption_embeddings,
+    encode_images,
+    encode_texts,
+    fit_text_head,
+    query_embeddings,
+)
+from clipbench.encoders import Encoder, load_encoder
+from clipbench.pixels import StoredPixels
+from clipbench.precision import Precision, deviation_from, resolve_device, resolve_precision
+
+log = logging.getLogger("clipbench")
+LIBRARIES = ("torch", "torchvision", "open_clip_torch", "transformers", "pillow", "numpy")
+STRICT_SAMPLE = 16  # images encoded in strict float32 to measure each run's deviation
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """The config's `encode` section (schema defaults applied) plus the hub retry settings."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | str = "auto"
+    threads: int = 4
+    decode_workers: int = 1
+    download: dict | None = None  # config `download`: attempts, wait_seconds for hub files
+
+    @classmethod
+    def parse(cls, section: dict[str, Any], download: dict | None = None) -> EncodeSettings:
+        return cls(**section, download=download)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+@dataclass
+class Session:
+    """A loaded encoder plus the dataset it encodes, shared by the encode and robustness
+    stages."""
+
+    encoder: Encoder
+    policy: Precision
+    batch_size: int
+    text_batch_size: int
+    images: pa.Table
+    captions: pa.Table
+    progress: IO[str] | None
+    decode_workers: int = 0
+    stored: StoredPixels | None = None
+
+    @classmethod
+    def open(
+        cls,
+        spec: dict[str, Any],
+        settings: EncodeSettings,
+        dataset_path: str,
+        captions_path: str,
+        threads: int,
+        progress: IO[str] | None,
+        model_name: str,
+        pixels_path: str | None = None,
+    ) -> Session:
+        threads = compute_threads(threads)
+        torch.set_num_threads(threads)
+        device = resolve_device(settings.device)
+        policy = resolve_precision(settings.precision, device)  # an impossible pair fails here
+        log.info(
+            "loading %s on %s: precision %s runs as %s, %d compute thread(s)",
+            model_name,
+            device,
+            settings.precision,
+            policy.describe(),
+            threads,
+        )
+        encoder = load_encoder(spec, device, settings.download)
+        images = read_table(dataset_path)
+        stored = StoredPixels(pixels_path) if pixels_path else None
+        if stored is not None and not stored.usable_by(encoder, images["id"].to_numpy()):
+            log.warning(
+                "%s: shared pixels were made with %r, this model needs %r: decoding itself",
+                model_name,
+                stored.geometry_key,
+                encoder.geometry_key,
+            )
+            stored = None
+        image_batch, text_batch = batch_sizes(
+            settings.batch_size, device.type, encoder.channels_last
+        )
+        return cls(
+            encoder,
+            policy,
+            image_batch,
+            text_batch,
+            images,
+            read_table(captions_path),
+            progress,
+            settings.decode_workers,
+            stored,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    @property
+    def caption_image(self) -> np.ndarray:
+        # Image ids are 0…n−1 in row order (dataset.canonical_tables), so an id is a row index.
+        return self.captions["image_id"].to_numpy()
+
+    def image_features(self, perturb: Callable | None = None, rows: int | None = None):
+        """Features of the first ``rows`` images (all by default) at the session's policy."""
+        return self._images(self.policy, perturb, rows)
+
+    def _images(self, policy: Precision, perturb: Callable | None, rows: int | None):
+        n = self.images.num_rows if rows is None else min(rows, self.images.num_rows)
+        return encode_images(
+            self.encoder,
+            self.images["image"].slice(0, n).to_pylist(),
+            self.images["id"].slice(0, n).to_pylist(),
+            self.batch_size,
+            policy,
+            self.progress if rows is None else None,
+            perturb,
+            self.decode_workers,
+            None if perturb or rows is not None else self.stored,
+        )
+
+    def strict_sample(self) -> np.ndarray | None:
+        """Strict float32 embeddings of the first images, to measure how far this run's
+        precision strays (None when the run is strict float32 itself). Decoded here, not read
+        from the shared pixels: a check of the whole path. Taken before a one-way weight cast."""
+        if self.policy.strict:
+            return None
+        strict = resolve_precision("fp32-strict", self.device)
+        return l2_normalize(self._images(strict, None, STRICT_SAMPLE))
+
+    def text_features(self, texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(self.encoder, texts, self.text_batch_size, self.policy, self.progress)
+
+
+def run_encode(
+    dataset_path: str,
+    captions_path: str,
+    model_name: str,
+    spec: dict[str, Any],
+    settings: EncodeSettings,
+    queries: Sequence[str],
+    out_images: str,
+    out_texts: str,
+    out_queries: str,
+    threads: int,
+    progress: IO[str] | None = None,
+    pixels_path: str | None = None,
+) -> None:
+    """Encode both towers (and the configured free-text queries) with one loaded model;
+    ``pixels_path``: the dataset's images already decoded by this model's geometry."""
+    session = Session.open(
+        spec, settings, dataset_path, captions_path, threads, progress, model_name, pixels_path
+    )
+    strict = session.strict_sample()
+    images = l2_normalize(session.image_features())
+    deviation = deviation_from(strict, images)
+    caption_raw = session.text_features(session.captions["text"].to_pylist())
+    head = fit_text_head(spec, caption_raw, images, session.caption_image)
+    texts = caption_embeddings(head, caption_raw)
+    query_emb = query_embeddings(head, session.text_features(list(queries)))
+    device = session.device
+    metadata = {
+        "model": model_name,
+        "spec": spec,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": session.policy.name,
+        "precision_policy": session.policy.describe(),
+        "batch_size": {"images": session.batch_size, "texts": session.text_batch_size},
+        "dim": int(images.shape[1]),
+        "dataset": read_metadata(dataset_path).get("dataset"),
+        "libraries": library_versions(),
+        "text_head": head.describe() if head else None,
+        "deviation_from_strict_fp32": deviation,
+        "image_geometry": session.encoder.geometry_key,
+        "shared_pixels": session.stored is not None,
+    }
+    write_table(embedding_table(session.images["id"].to_pylist(), images), out_images, metadata)
+    write_table(
+        embedding_table(
+            session.captions["id"].to_pylist(), texts, image_id=session.captions["image_id"]
+        ),
+        out_texts,
+        metadata,
+    )
+    write_table(
+        embedding_table(range(len(queries)), query_emb, query=pa.array(queries, pa.string())),
+        out_queries,
+        metadata,
+    )

@@ -1,0 +1,81 @@
+"""A job never runs more compute threads than the CPUs it may use."""
+
+import os
+
+import pytest
+import torch
+
+from clipbench import cpus
+from clipbench.cpus import compute_threads, usable_cpus
+
+
+@pytest.fixture
+def no_cgroup(tmp_path):
+    return tmp_path  # a cgroup folder with no quota files
+
+
+def test_affinity_caps_the_threads(monkeypatch, no_cgroup):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert usable_cpus({}, no_cgroup) == 2
+    monkeypatch.setattr(cpus, "CGROUP", no_cgroup)
+    assert compute_threads(4, {}) == 2  # --cores 4 on 2 CPUs
+    assert compute_threads(1, {}) == 1
+
+
+def test_a_cgroup_quota_caps_the_threads(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    (tmp_path / "cpu.max").write_text("300000 100000\n")
+    assert usable_cpus({}, tmp_path) == 3
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert usable_cpus({}, tmp_path) == 2  # 1.5 CPUs of time: two threads may share it
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus({}, tmp_path) == 16
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert usable_cpus({}, tmp_path) == 4  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert usable_cpus({}, tmp_path) == 16
+
+
+def test_a_slurm_allocation_caps_the_threads(monkeypatch, no_cgroup):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    job = {"SLURM_JOB_ID": "7"}
+    assert usable_cpus(job | {"SLURM_CPUS_PER_TASK": "4"}, no_cgroup) == 4
+    assert usable_cpus(job | {"SLURM_CPUS_PER_GPU": "4", "SLURM_GPUS_ON_NODE": "2"}, no_cgroup) == 8
+    assert usable_cpus(job | {"SLURM_JOB_CPUS_PER_NODE": "6(x2)"}, no_cgroup) == 6
+    assert usable_cpus(job, no_cgroup) == 64
+    # Variables left over from an enclosing job do not count outside one.
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": "4"}, no_cgroup) == 64
+
+
+def test_the_encode_session_sets_capped_torch_threads(checkpoints, monkeypatch, tmp_path):
+    """The stage itself applies the cap: asked for 4 threads on 1 usable CPU, torch runs 1."""
+    import pyarrow as pa
+
+    from clipbench.arrow_io import write_table
+    from clipbench.demo import demo_rows
+    from clipbench.stages.encode import EncodeSettings, Session
+    from tests.conftest import open_clip_spec
+
+    blobs = demo_rows(3, seed=1)[0]
+    images = pa.table({"id": [0, 1, 2], "image": blobs, "text": ["a", "b", "c"]})
+    captions = pa.table({"id": [0, 1, 2], "image_id": [0, 1, 2], "text": ["a", "b", "c"]})
+    write_table(images, str(tmp_path / "d.arrow"), {"dataset": "d"})
+    write_table(captions, str(tmp_path / "c.arrow"), {"dataset": "d"})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        Session.open(
+            open_clip_spec(checkpoints, "tiny-rn"),
+            EncodeSettings(device="cpu", precision="fp32"),
+            str(tmp_path / "d.arrow"),
+            str(tmp_path / "c.arrow"),
+            4,
+            None,
+            "tiny-rn",
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
