@@ -7,22 +7,43 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-# batch_size "auto", measured per device type and tower (2-core AVX-512 CPUs, 224² images):
-# CNN towers peak at batch 8 (RN50 fp32 12.8 img/s vs 10.6 at 32; bf16 on AMX 67 vs 51),
-# ViTs at 16–32 (ViT-B-16 bf16 31 img/s at 32, 24 at 64); GPUs want large batches.
-AUTO_BATCH = {
-    "cpu": {"convolutional": 8, "other": 32},
-    "cuda": {"convolutional": 128, "other": 128},
-}
+# batch_size "auto", measured with `python -m clipbench.bench --batch N` (2-core AVX-512/AMX
+# CPUs, 224² images, fused fast paths): CNN towers peak at batch 8 in float32 (RN50 27.7 img/s
+# vs 24.4 at 32) and 16 in bf16 (RN50 130 vs 103 at 32); transformer image towers at a number
+# of tokens per batch, since a larger GEMM falls off a cliff (bf16 6304 × 768 × 3072: 1.6
+# TFLOP/s, at 3152 rows 2.9): ViT-B-16 (197 tokens) at 16 in bf16 (49 img/s vs 34 at 64) and
+# 8–16 in float32, ViT-B-32 (50 tokens) at 64 in bf16 and 16–32 in float32. GPUs want large
+# batches. Text towers: 32 (captions are short).
+CPU_CONV_BATCH = {"bf16": 16, "fp32": 8}
+CPU_TOKENS_PER_BATCH = {"bf16": 3200, "fp32": 1600}
+CUDA_BATCH = 128
+TEXT_BATCH = 32
 
 
-def batch_sizes(setting: int | str, device_type: str, convolutional: bool) -> tuple[int, int]:
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def batch_sizes(
+    setting: int | str,
+    device_type: str,
+    convolutional: bool,
+    tokens: int | None = None,
+    reduced: bool = False,
+) -> tuple[int, int]:
     """(image, text) batch sizes: the configured one for both, or for ``auto`` the best
-    measured per tower type (text towers count as "other")."""
+    measured for this tower on this device; ``tokens``: per image, for transformer towers;
+    ``reduced``: the towers run in bf16/fp16."""
     if setting != "auto":
         return int(setting), int(setting)
-    sizes = AUTO_BATCH["cuda" if device_type == "cuda" else "cpu"]
-    return sizes["convolutional" if convolutional else "other"], sizes["other"]
+    if device_type == "cuda":
+        return CUDA_BATCH, CUDA_BATCH
+    precision = "bf16" if reduced else "fp32"
+    if convolutional or not tokens:
+        image = CPU_CONV_BATCH[precision] if convolutional else TEXT_BATCH
+    else:
+        image = min(64, max(8, _pow2_floor(CPU_TOKENS_PER_BATCH[precision] // tokens)))
+    return image, TEXT_BATCH
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -67,16 +67,50 @@ class Encoder:
         self.dtype = torch.float32
         return self
 
+    # CPU fast paths for reduced precision (clipbench.fused), each tested against the stock
+    # module; False keeps the library's modules as they are.
+    fast_paths = True
+    fused = False
+
+    def set_image_tower(self, tower: torch.nn.Module) -> None:
+        raise NotImplementedError
+
+    def apply_fast_paths(self) -> None:
+        """Fused transformer blocks in every tower, folded and fused convolutions in the image
+        tower: done in float32, before the weights are cast, so folding rounds once."""
+        from clipbench.fused import fuse_convolutions, fuse_transformer_blocks
+
+        for module in self.modules():
+            fuse_transformer_blocks(module)
+        tower = self.image_tower()
+        fused = fuse_convolutions(tower)
+        if fused is not tower:
+            self.set_image_tower(fused)
+        self.fused = True
+
     def set_precision(self, policy: Precision) -> None:
-        """Weights in the dtype the policy runs (float32 unless it casts them). The cast is
-        one-way: bf16 weights cannot give float32 results again."""
-        if policy.dtype == self.dtype:
+        """Weights in the dtype the policy runs (float32 unless it casts them), through the
+        fused fast paths on CPU unless the policy is strict float32. Both changes are one-way:
+        the stock float32 modules do not come back without reloading the model."""
+        fast = policy.fast_paths and self.fast_paths and self.device.type == "cpu"
+        if policy.dtype == self.dtype and fast == self.fused:
             return
-        if self.dtype != torch.float32:
-            raise RuntimeError(f"weights were cast to {self.dtype}; reload the model for float32")
+        if self.dtype != torch.float32 or (self.fused and not fast):
+            raise RuntimeError(
+                f"the weights were cast to {self.dtype} or fused for speed; reload the model "
+                "for strict float32"
+            )
+        if fast:
+            self.apply_fast_paths()
         for module in self.modules():
             module.to(policy.dtype)
         self.dtype = policy.dtype
+
+    @property
+    def image_tokens(self) -> int | None:
+        """Tokens per image of a transformer image tower (None for convolutional ones)."""
+        grid = getattr(self.image_tower(), "grid_size", None)
+        return None if grid is None else int(grid[0] * grid[1]) + 1
 
     def pixels_to_device(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
@@ -259,6 +293,9 @@ class OpenClipEncoder(Encoder):
     def image_tower(self):
         return self.model.visual
 
+    def set_image_tower(self, tower):
+        self.model.visual = tower
+
     def geometry(self, image):
         return self._geometry(image)
 
@@ -428,6 +465,9 @@ class BertResnetEncoder(Encoder):
 
     def image_tower(self):
         return self.image_model
+
+    def set_image_tower(self, tower):
+        self.image_model = tower
 
     # ImageClassification.forward, split: resize and crop on the PIL image, then to tensor.
     def geometry(self, image):

@@ -15,6 +15,7 @@ from clipbench.errors import InputError
 
 # Resamples drawn per step: bounds memory at (chunk × n_queries) whatever the resample count.
 BOOTSTRAP_CHUNK = 50
+MEDIAN_BLOCK = 1024  # queries per block when locating a resample's median
 
 
 def metric_names(recall_at: Sequence[int]) -> list[str]:
@@ -103,10 +104,65 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, resamples - start), n))
 
 
+def _rank_features(r: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per query, the quantity each mean-type metric averages (hits@K sums it)."""
+    r = np.asarray(r, dtype=np.float64)
+    points = np.clip(k + 1 - r, 0, None)
+    hit = (r <= k).astype(np.float64)
+    out = {"hits_at_k": hit, "accuracy": hit}
+    for cutoff in recall_at:
+        out[f"recall_at_{cutoff}"] = (r <= cutoff).astype(np.float64)
+    out |= {"mrr": 1.0 / r, "mean_rank": r, "weighted_score": points}
+    out["weighted_score_share"] = points / k
+    return out
+
+
+def _resampled(r: np.ndarray, counts: np.ndarray, k, recall_at) -> dict[str, np.ndarray]:
+    """Every metric on each resample given by ``counts`` (int64, resamples × queries: how often each
+    query was drawn), as :func:`summarize` computes it on the drawn ranks: mean-type metrics
+    as one matrix product, the median from the cumulative counts in rank order."""
+    n = r.size
+    features = _rank_features(r, k, recall_at)
+    names = list(features)
+    sums = counts.astype(np.float64) @ np.stack([features[m] for m in names], axis=1)
+    out = {
+        m: sums[:, i] / (1 if m in ("hits_at_k", "weighted_score") else n)
+        for i, m in enumerate(names)
+    }
+    order = np.argsort(r, kind="stable")
+    in_rank_order = counts[:, order]
+    sorted_r = np.asarray(r, dtype=np.float64)[order]
+    # The position-th smallest drawn rank, located through block sums (a full cumulative sum
+    # over resamples × queries would cost more than all the rest of the bootstrap).
+    block = MEDIAN_BLOCK
+    padded = -(-n // block) * block
+    blocks = np.zeros((counts.shape[0], padded), np.int64)
+    blocks[:, :n] = in_rank_order
+    block_ends = np.cumsum(blocks.reshape(counts.shape[0], -1, block).sum(axis=2), axis=1)
+
+    def drawn(position: int) -> np.ndarray:  # 0-based, per resample
+        out = np.empty(counts.shape[0])
+        for row, ends in enumerate(block_ends):
+            b = int(np.searchsorted(ends, position, side="right"))
+            before = int(ends[b - 1]) if b else 0
+            within = np.cumsum(blocks[row, b * block : (b + 1) * block])
+            j = int(np.searchsorted(within, position - before, side="right"))
+            out[row] = sorted_r[b * block + j]
+        return out
+
+    half = n // 2
+    out["median_rank"] = drawn(half) if n % 2 else (drawn(half - 1) + drawn(half)) / 2
+    return {m: out[m] for m in metric_names(recall_at)}
+
+
 def _bootstrap(ranks: Sequence[np.ndarray], k, recall_at, resamples, seed):
     draws: dict[str, list[np.ndarray]] = {}
-    for idx in bootstrap_indices(ranks[0].size, resamples, seed):
-        parts = [summarize(r[idx], k, recall_at) for r in ranks]
+    n = ranks[0].size
+    for idx in bootstrap_indices(n, resamples, seed):
+        # How often each query was drawn, per resample: one bincount for the whole chunk.
+        offsets = np.arange(idx.shape[0])[:, None] * n
+        counts = np.bincount((idx + offsets).ravel(), minlength=idx.size).reshape(idx.shape)
+        parts = [_resampled(np.asarray(r), counts, k, recall_at) for r in ranks]
         for name in parts[0]:
             value = parts[0][name] if len(parts) == 1 else parts[0][name] - parts[1][name]
             draws.setdefault(name, []).append(value)

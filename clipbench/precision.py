@@ -123,7 +123,14 @@ class Precision:
 
     @property
     def strict(self) -> bool:
-        return self.name == "fp32-strict" or (self.name == "fp32" and self.matmul == "highest")
+        """Strict float32 kernels in the library's own modules: the reference every other
+        setting's deviation is measured against."""
+        return self.name == "fp32-strict"
+
+    @property
+    def fast_paths(self) -> bool:
+        """Whether the encoders may swap in their fused fast paths (clipbench.fused)."""
+        return not self.strict
 
     @property
     def tolerance(self) -> float:

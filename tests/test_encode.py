@@ -223,9 +223,14 @@ def test_truncated_clip_text_equals_the_padded_path(checkpoints, arch):
 def test_fp32_on_cpu_stays_within_1e5_of_strict_fp32(checkpoints, blobs):
     enc = load_encoder(bert_resnet_spec(checkpoints), CPU)
     ids = list(range(len(blobs)))
-    fast = l2_normalize(encode_images(enc, blobs, ids, 4, precision="fp32"))
+    # Strict first (the stock modules), as encode takes its strict sample: fp32's fast paths
+    # replace them for good.
     strict = l2_normalize(encode_images(enc, blobs, ids, 4, precision="fp32-strict"))
+    fast = l2_normalize(encode_images(enc, blobs, ids, 4, precision="fp32"))
+    assert enc.fused
     assert (1 - np.sum(fast * strict, axis=1)).max() <= 1e-5
+    with pytest.raises(RuntimeError, match="reload the model"):
+        encode_images(enc, blobs, ids, 4, precision="fp32-strict")
     assert torch.get_float32_matmul_precision() == "highest"  # restored afterwards
 
 
@@ -247,10 +252,17 @@ def test_images_prepared_ahead_in_threads_equal_the_inline_path(checkpoints, blo
 
 def test_auto_batch_size_is_chosen_per_tower_type(checkpoints):
     cnn = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
-    vit = load_encoder(open_clip_spec(checkpoints, "tiny-vit-32"), CPU)
-    assert batch_sizes("auto", "cpu", cnn.channels_last) == (8, 32)
-    assert batch_sizes("auto", "cpu", vit.channels_last) == (32, 32)
-    assert batch_sizes("auto", "cuda", vit.channels_last) == (128, 128)
+    vit = load_encoder(open_clip_spec(checkpoints, "tiny-vit-16"), CPU)
+    assert (cnn.image_tokens, vit.image_tokens) == (None, 17)  # 64² in 16² patches + class
+    assert batch_sizes("auto", "cpu", cnn.channels_last, cnn.image_tokens) == (8, 32)
+    assert batch_sizes("auto", "cpu", True, None, reduced=True) == (16, 32)
+    # Transformer image towers by tokens per batch: ViT-B-16 (197) and ViT-B-32 (50).
+    assert batch_sizes("auto", "cpu", False, 197, reduced=True) == (16, 32)
+    assert batch_sizes("auto", "cpu", False, 50, reduced=True) == (64, 32)
+    assert batch_sizes("auto", "cpu", False, 197) == (8, 32)
+    assert batch_sizes("auto", "cpu", False, 50) == (32, 32)
+    assert batch_sizes("auto", "cpu", vit.channels_last, vit.image_tokens) == (64, 32)
+    assert batch_sizes("auto", "cuda", False, 197, reduced=True) == (128, 128)
     assert batch_sizes(5, "cpu", cnn.channels_last) == (5, 5)
 
 

@@ -86,3 +86,22 @@ def test_paired_bootstrap_detects_a_real_difference_and_not_a_fake_one():
     assert same["mrr"]["p_value"] == 1.0
     with pytest.raises(ValueError, match="same queries"):
         paired_bootstrap(base, base[:-1], 5, [1], resamples=10, seed=0)
+
+
+@pytest.mark.parametrize("n", [40, 41])
+@pytest.mark.parametrize("block", [1024, 8, 1])
+def test_bootstrap_from_draw_counts_equals_summarizing_the_drawn_ranks(n, block, monkeypatch):
+    """Oracle: the counts-and-matrix-product bootstrap against summarize() on r[idx], with
+    the median located through one block or many."""
+    from clipbench import metrics
+    from clipbench.metrics import _bootstrap, bootstrap_indices, summarize
+
+    monkeypatch.setattr(metrics, "MEDIAN_BLOCK", block)
+    ranks = np.random.default_rng(n).integers(1, 30, size=n)
+    got = _bootstrap([ranks], 5, [1, 5, 10], 120, seed=3)
+    want: dict[str, list] = {}
+    for idx in bootstrap_indices(n, 120, seed=3):
+        for name, value in summarize(ranks[idx], 5, [1, 5, 10]).items():
+            want.setdefault(name, []).append(value)
+    for name, values in want.items():
+        np.testing.assert_allclose(got[name], np.concatenate(values), rtol=1e-12, err_msg=name)

@@ -139,3 +139,34 @@ def test_vectorised_topk_equals_the_exact_per_row_sort():
     fast = topk(scores, 6, mask)
     exact = np.stack([_topk_exact_row(scores[r], 6, mask[r]) for r in range(50)])
     np.testing.assert_array_equal(fast, exact)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_compiled_tile_reductions_equal_the_eager_ones(monkeypatch, ties):
+    """Above COMPILE_TILES tiles the reductions run as one inductor kernel: same counts and
+    maxima as eager, so the same ranks and top-K as the dense reference."""
+    import torch
+
+    from clipbench import retrieval
+
+    rng = np.random.default_rng(4)
+    scores = torch.from_numpy(rng.standard_normal((37, 23)).astype(np.float32))
+    if ties:
+        scores = scores.round()
+    floors = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)).round() for n in (37, 23)]
+    monkeypatch.setattr(retrieval, "COMPILE_TILES", 1)
+    compiled = retrieval._stats_function(torch.device("cpu"), tiles=4)
+    assert compiled is not retrieval.tile_stats
+    for got, want in zip(
+        compiled(scores, *floors), retrieval.tile_stats(scores, *floors), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    images = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)
+    texts = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)
+    caption_image = np.arange(29)
+    got = retrieve_both(texts, images, caption_image, 5, tile_scores=60)
+    for result, (rank, _, idx, _) in zip(
+        got, dense_reference(texts, images, caption_image, 5), strict=True
+    ):
+        np.testing.assert_array_equal(result.rank, rank)
+        np.testing.assert_array_equal(result.topk_index, idx)

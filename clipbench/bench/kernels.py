@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from clipbench.batching import AUTO_BATCH
+from clipbench.batching import batch_sizes
+from clipbench.fused import fuse_convolutions, fuse_transformer_blocks
 from clipbench.precision import Precision, matmul_precision, resolve_precision
 
 # A typical Pokémon BLIP caption ("a drawing of a green pokemon with red eyes") is ~12 tokens.
@@ -98,7 +99,8 @@ def model_cases(device: torch.device, channels_last: bool):
         return make
 
     for arch in ("RN50", "ViT-B-32", "ViT-B-16"):
-        model = open_clip.create_model(arch).to(device).eval()
+        # QuickGELU, as OpenAI's weights were trained (and as the workflow builds them).
+        model = open_clip.create_model(arch, force_quick_gelu=True).to(device).eval()
         visual = model.visual
         conv = arch.startswith("RN")
         if channels_last and conv:
@@ -110,15 +112,15 @@ def model_cases(device: torch.device, channels_last: bool):
             def text_input(batch, tokens=tokens):
                 return tokens.expand(batch, -1).contiguous()
 
-            yield "clip text, padded to 77", "text", model, model.encode_text, text_input, False
-            yield (
-                "clip text, truncated",
-                "text",
-                model,
-                lambda t, model=model: encode_text_truncated(model, t),
-                text_input,
-                False,
-            )
+            for label in ("padded to 77", "truncated"):
+                # A model each: the fast paths change a model in place.
+                text = open_clip.create_model(arch, force_quick_gelu=True).to(device).eval()
+                run = (
+                    text.encode_text
+                    if label.startswith("padded")
+                    else (lambda t, text=text: encode_text_truncated(text, t))
+                )
+                yield f"clip text, {label}", "text", text, run, text_input, False
     resnet = torchvision.models.resnet50().to(device).eval()
     if channels_last:
         resnet = resnet.to(memory_format=torch.channels_last)
@@ -170,14 +172,22 @@ def model_throughput(
     """Each tower run as the workflow runs it at ``precision`` (its :class:`Precision` on this
     device), at ``batch`` or, for "auto", at the batch ``batch_size: auto`` picks for it."""
     policy = resolve_precision(precision, device)
+    reduced = policy.dtype != torch.float32 or policy.autocast
     rows = []
-    auto = AUTO_BATCH["cuda" if device.type == "cuda" else "cpu"]
     for name, kind, owner, module, make_input, conv in model_cases(device, channels_last):
-        size = auto["convolutional" if conv else "other"] if batch == "auto" else int(batch)
-        flops = flops_per_item(module, make_input)
+        grid = getattr(owner, "grid_size", None) if kind == "image" else None
+        tokens = None if grid is None else grid[0] * grid[1] + 1
+        auto = batch_sizes("auto", device.type, conv, tokens, reduced)[kind == "text"]
+        size = auto if batch == "auto" else int(batch)
+        flops = flops_per_item(module, make_input)  # on the stock modules
         x = make_input(size)
+        if policy.fast_paths and device.type == "cpu":  # what Encoder.set_precision swaps in
+            fuse_transformer_blocks(owner)
+            if conv:
+                module = fuse_convolutions(module)
         if policy.cast_weights:
             owner.to(policy.dtype)
+            module = module.to(policy.dtype) if isinstance(module, torch.nn.Module) else module
             x = _cast_input(x, policy.dtype)
 
         with policy.context():  # entered once, as encode does around all its batches
@@ -213,7 +223,7 @@ def mechanisms(device: torch.device, repeats: int, batch: int = 32) -> list[dict
     dtype = torch.bfloat16 if name == "bf16" else torch.float16
     rows = []
     for label in ("cast weights, inference_mode", "autocast, no_grad", "autocast, inference_mode"):
-        visual = open_clip.create_model("ViT-B-32").visual.to(device).eval()
+        visual = open_clip.create_model("ViT-B-32", force_quick_gelu=True).visual.to(device).eval()
         x = torch.randn(batch, 3, 224, 224, device=device)
         if label.startswith("cast"):
             visual.to(dtype)

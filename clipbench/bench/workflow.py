@@ -79,7 +79,9 @@ def workflow_inputs(root: Path, rows: int, seed: int = 0) -> dict:
         path = root / f"{arch}.safetensors"
         if not path.exists():
             demo.save_safetensors(open_clip.create_model(arch), str(path))
-        models[name] = {"kind": "open_clip", "arch": arch, "checkpoint": str(path)}
+        # The -quickgelu configs: what OpenAI's weights were trained with (and what the
+        # workflow builds for `pretrained: openai`).
+        models[name] = {"kind": "open_clip", "arch": f"{arch}-quickgelu", "checkpoint": str(path)}
     resnet, bert = root / "resnet50.safetensors", root / "bert-base"
     if not resnet.exists():
         demo.save_safetensors(torchvision.models.resnet50(), str(resnet))

@@ -110,7 +110,11 @@ class Session:
             )
             stored = None
         image_batch, text_batch = batch_sizes(
-            settings.batch_size, device.type, encoder.channels_last
+            settings.batch_size,
+            device.type,
+            encoder.channels_last,
+            encoder.image_tokens,
+            policy.dtype != torch.float32 or policy.autocast,
         )
         return cls(
             encoder,

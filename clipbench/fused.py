@@ -1,0 +1,281 @@
+"""Inference fast paths for the towers' common blocks on CPU, where AMX/AVX-512 GEMMs are so
+fast that the work between them decides the speed.
+
+Measured on a 2-core AMX Xeon, ViT-B-16 (QuickGELU, as OpenAI's weights) at bf16, batch 32:
+20.9 img/s stock; 23.7 with scaled-dot-product attention; 32.9 with the activation computed
+in the GEMM's epilogue; 34.7 with the residual adds there too. So an open_clip
+``ResidualAttentionBlock`` is replaced, weight for weight, by :class:`FusedBlock`:
+
+- attention through ``F.scaled_dot_product_attention`` (a fused flash kernel on CPU) instead
+  of ``nn.MultiheadAttention``'s separate matmul/softmax/matmul;
+- ``c_fc`` + activation as one oneDNN linear with an eltwise post-op: GELU directly; QuickGELU
+  ``x·σ(1.702x)`` as SiLU on ``1.702·x`` (``c_fc`` scaled by 1.702, ``c_proj`` by 1/1.702: the
+  same function, one fused op instead of three passes);
+- the residual adds (and a LayerScale, folded into the weights) as the GEMMs' sum post-op.
+
+Convolutional towers fold each eval-mode BatchNorm into the convolution before it and run the
+ReLU that follows as the convolution's post-op (:func:`fuse_convolutions`).
+
+Every fast path is checked against the stock module in the tests, at each precision's
+tolerance; a block that does not match the pattern exactly is left as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUICK_GELU_ALPHA = 1.702
+
+
+def _mkldnn(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.bfloat16, torch.float32)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(linear(x))`` for act in gelu, gelu_tanh, silu."""
+    if _mkldnn(x):
+        attr, algorithm = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}.get(
+            act, ("swish", "")
+        )
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+    y = F.linear(x, w, b)
+    if act == "silu":
+        return F.silu(y)
+    return F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
+
+
+def linear_add(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
+    """``other + linear(x)``."""
+    if _mkldnn(x):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
+    return (
+        torch.addmm(other.flatten(0, -2), x.flatten(0, -2), w.t(), beta=1).add_(b).view(other.shape)
+    )
+
+
+def _activation(module: nn.Module) -> str | None:
+    from open_clip.transformer import QuickGELU
+
+    if isinstance(module, QuickGELU):
+        return "quick_gelu"
+    if type(module) is nn.GELU:
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    return None
+
+
+def _scale(module: nn.Module) -> torch.Tensor | None:
+    """A LayerScale's gamma, None for Identity; anything else is not fusable."""
+    from open_clip.transformer import LayerScale
+
+    if isinstance(module, nn.Identity):
+        return None
+    if isinstance(module, LayerScale):
+        return module.gamma.detach()
+    raise TypeError
+
+
+def fusable(block: nn.Module) -> bool:
+    from open_clip.transformer import ResidualAttentionBlock
+
+    if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv"):
+        return False
+    attn = block.attn
+    try:
+        _scale(block.ls_1), _scale(block.ls_2)
+    except TypeError:
+        return False
+    return (
+        attn.batch_first
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_bias is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+        and set(block.mlp._modules) == {"c_fc", "gelu", "c_proj"}
+        and _activation(block.mlp.gelu) is not None
+    )
+
+
+class FusedBlock(nn.Module):
+    """An open_clip ``ResidualAttentionBlock`` (pre-norm, batch-first) for inference, with its
+    weights rearranged for the fused kernels; same inputs, same function."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.ln_1, self.ln_2 = block.ln_1, block.ln_2
+        self.heads = block.attn.num_heads
+        act = _activation(block.mlp.gelu)
+        self.act = "silu" if act == "quick_gelu" else act
+        dtype = block.mlp.c_fc.weight.dtype
+
+        def derived(name: str, value: torch.Tensor) -> None:
+            self.register_buffer(name, value.detach().to(dtype).contiguous())
+
+        attn, fc, proj = block.attn, block.mlp.c_fc, block.mlp.c_proj
+        derived("in_w", attn.in_proj_weight)
+        derived("in_b", attn.in_proj_bias)
+        # Rearranged in float32, then rounded once to the weights' dtype.
+        out_w, out_b = attn.out_proj.weight.float(), attn.out_proj.bias.float()
+        fc_w, fc_b = fc.weight.float(), fc.bias.float()
+        proj_w, proj_b = proj.weight.float(), proj.bias.float()
+        if act == "quick_gelu":
+            fc_w, fc_b, proj_w = fc_w * QUICK_GELU_ALPHA, fc_b * QUICK_GELU_ALPHA, proj_w
+            proj_w = proj_w / QUICK_GELU_ALPHA
+        for gamma, pair in ((_scale(block.ls_1), "out"), (_scale(block.ls_2), "proj")):
+            if gamma is not None:
+                if pair == "out":
+                    out_w, out_b = out_w * gamma.float()[:, None], out_b * gamma.float()
+                else:
+                    proj_w, proj_b = proj_w * gamma.float()[:, None], proj_b * gamma.float()
+        for name, value in (
+            ("out_w", out_w),
+            ("out_b", out_b),
+            ("fc_w", fc_w),
+            ("fc_b", fc_b),
+            ("proj_w", proj_w),
+            ("proj_b", proj_b),
+        ):
+            derived(name, value)
+
+    def get_weight_dtype(self) -> torch.dtype:
+        return self.fc_w.dtype
+
+    def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
+        if k_x is not None or v_x is not None:
+            raise ValueError("FusedBlock serves self-attention only")
+        batch, length, width = q_x.shape
+        qkv = F.linear(self.ln_1(q_x), self.in_w, self.in_b)
+        q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None:
+            # nn.MultiheadAttention masks where a bool mask is True; SDPA attends there.
+            attn_mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        attended = attended.transpose(1, 2).reshape(batch, length, width)
+        x = linear_add(attended, q_x, self.out_w, self.out_b)
+        hidden = linear_act(self.ln_2(x), self.fc_w, self.fc_b, self.act)
+        return linear_add(hidden, x, self.proj_w, self.proj_b)
+
+
+def fuse_transformer_blocks(module: nn.Module) -> int:
+    """Replace every fusable open_clip block under ``module`` in place; returns how many."""
+    count = 0
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if fusable(child):
+                setattr(parent, name, FusedBlock(child))
+                count += 1
+    return count
+
+
+class ConvAct(nn.Module):
+    """A convolution (an eval-mode BatchNorm after it folded in) with what follows it: a ReLU,
+    or a residual add and a ReLU, as one oneDNN convolution with post-ops."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, add: bool):
+        super().__init__()
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu, self.add = relu, add
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        unary = "relu" if self.relu else None
+        if _mkldnn(x):
+            if other is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, self.weight, self.bias, *args, unary or "none", [], ""
+                )
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, other, self.weight, self.bias, *args, "add", None, unary, [], ""
+            )
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        if other is not None:
+            y = y + other
+        return F.relu(y) if self.relu else y
+
+
+def _is_relu(node, modules) -> bool:
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    return node.op in ("call_function", "call_method") and node.target in (
+        F.relu,
+        torch.relu,
+        "relu",
+    )
+
+
+def _is_add(node) -> bool:
+    import operator
+
+    return node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    return (
+        type(module) is nn.Conv2d
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+        and module.groups == 1
+    )
+
+
+def fuse_convolutions(module: nn.Module) -> nn.Module:
+    """``module`` traced (torch.fx) with every BatchNorm folded into its convolution and each
+    ReLU, or add-then-ReLU, that follows a convolution made its post-op. A module without
+    convolutions, or that cannot be traced, comes back as it was."""
+    from torch import fx
+    from torch.fx.experimental.optimization import fuse
+
+    kinds = list(module.modules())
+    if not any(_plain_conv(m) for m in kinds) or not any(
+        isinstance(m, nn.BatchNorm2d) for m in kinds
+    ):
+        return module  # e.g. a ViT's patch embedding: nothing to fold or fuse
+    try:
+        graph_module = fuse(module.eval())
+    except Exception:  # noqa: BLE001 - data-dependent control flow: keep the stock module
+        return module
+    modules = dict(graph_module.named_modules())
+    graph: fx.Graph = graph_module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not _plain_conv(modules[node.target]):
+            continue
+        if len(node.users) != 1:
+            continue
+        (user,) = node.users
+        conv = modules[node.target]
+        if _is_relu(user, modules):
+            _set(graph_module, node.target, ConvAct(conv, relu=True, add=False))
+            user.replace_all_uses_with(node)
+            graph.erase_node(user)
+        elif _is_add(user) and len(user.args) == 2 and len(user.users) == 1:
+            (after,) = user.users
+            if not _is_relu(after, modules):
+                continue
+            other = user.args[1] if user.args[0] is node else user.args[0]
+            _set(graph_module, node.target, ConvAct(conv, relu=True, add=True))
+            with graph.inserting_before(user):
+                fused = graph.call_module(node.target, (node.args[0], other))
+            after.replace_all_uses_with(fused)
+            graph.erase_node(after)
+            graph.erase_node(user)
+            graph.erase_node(node)
+    graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    return graph_module
+
+
+def _set(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)

@@ -1,0 +1,116 @@
+"""The fused inference blocks compute what the stock modules compute (oracle tests)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from clipbench.embeddings import l2_normalize
+from clipbench.encode import encode_images, encode_texts
+from clipbench.encoders import load_encoder
+from clipbench.fused import (
+    ConvAct,
+    FusedBlock,
+    fusable,
+    fuse_convolutions,
+    fuse_transformer_blocks,
+)
+from clipbench.precision import EMBEDDING_TOLERANCE, resolve_precision
+from tests.conftest import bert_resnet_spec, open_clip_spec
+from tests.test_encode import CAPTIONS
+
+CPU = torch.device("cpu")
+
+
+def block(act, ls=None, width=64, heads=4):
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    layer = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU("tanh"), "quick": QuickGELU}[act]
+    made = ResidualAttentionBlock(width, heads, act_layer=layer, ls_init_value=ls).eval()
+    with torch.no_grad():  # biases away from 0, LayerScale away from 1e-5: every path counts
+        for p in made.parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.5)
+    return made
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "quick"])
+@pytest.mark.parametrize("ls", [None, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_block_equals_the_stock_block(act, ls, dtype, causal):
+    stock = block(act, ls).to(dtype)
+    assert fusable(stock)
+    fused = FusedBlock(stock)
+    x = torch.randn(3, 7, 64, dtype=dtype)
+    mask = None
+    if causal:  # open_clip's text mask: -inf above the diagonal
+        mask = torch.full((7, 7), float("-inf")).triu(1)
+    with torch.inference_mode():
+        want = stock(x, attn_mask=mask).float()
+        got = fused(x, attn_mask=mask).float()
+    # bf16 rounds differently in fused epilogues: compare as the encode tolerance does.
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(got, want, atol=tolerance * want.abs().max(), rtol=0)
+
+
+def test_blocks_that_differ_from_the_pattern_are_left_alone():
+    from open_clip.transformer import ResidualAttentionBlock
+
+    odd = ResidualAttentionBlock(64, 4, act_layer=nn.ReLU)
+    assert not fusable(odd)
+    holder = nn.Sequential(odd, block("gelu"))
+    assert fuse_transformer_blocks(holder) == 1
+    assert holder[0] is odd and isinstance(holder[1], FusedBlock)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_convolutions_equal_the_stock_tower(dtype):
+    import torchvision
+
+    torch.manual_seed(0)
+    tower = torchvision.models.resnet18().eval()
+    with torch.no_grad():  # BatchNorm statistics away from the identity
+        for m in tower.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2)
+    fused = fuse_convolutions(tower).to(dtype)
+    kinds = [type(m) for m in fused.modules()]
+    assert nn.BatchNorm2d not in kinds and nn.ReLU not in kinds
+    # Every ReLU became a post-op; the blocks' ends are add-then-ReLU post-ops.
+    assert sum(isinstance(m, ConvAct) and m.add for m in fused.modules()) == 8
+    x = torch.randn(2, 3, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = tower.to(dtype)(x).float()
+        got = fused(x).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(got, want, atol=tolerance * want.abs().max(), rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["tiny-rn", "tiny-vit-16", "bert_resnet"])
+def test_the_fast_paths_keep_bf16_embeddings_at_bf16_tolerance(checkpoints, arch):
+    """End to end through the encoder: fused bf16 against stock bf16 (both cast weights)."""
+    from clipbench.demo import demo_rows
+
+    spec = (
+        bert_resnet_spec(checkpoints)
+        if arch == "bert_resnet"
+        else open_clip_spec(checkpoints, arch)
+    )
+    blobs = demo_rows(6, seed=2)[0]
+    ids = list(range(len(blobs)))
+    policy = resolve_precision("bf16", CPU)
+    fused = load_encoder(spec, CPU)
+    stock = load_encoder(spec, CPU)
+    stock.fast_paths = False
+    results = {}
+    for name, enc in (("fused", fused), ("stock", stock)):
+        results[name] = (
+            l2_normalize(encode_images(enc, blobs, ids, 3, policy)),
+            l2_normalize(encode_texts(enc, CAPTIONS, 3, policy)),
+        )
+    assert fused.fused and not stock.fused
+    for got, want in zip(results["fused"], results["stock"], strict=True):
+        np.testing.assert_allclose(got, want, atol=EMBEDDING_TOLERANCE["bf16"])
