@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -38,6 +40,11 @@ class Encoder:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.finish(self.geometry(image))
+
+    def finish_batch(self, pixels: np.ndarray) -> torch.Tensor | None:
+        """``finish`` on a whole batch of ``geometry`` outputs (B, H, W, 3 uint8) at once,
+        bit-identical to it image by image; None where the steps are not known to allow it."""
+        return None
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -117,6 +124,17 @@ class Encoder:
         if self.channels_last:
             return pixels.contiguous(memory_format=torch.channels_last)
         return pixels
+
+
+def normalized_batch(pixels: np.ndarray, mean, std) -> torch.Tensor:
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float32 normalised, as to_tensor then Normalize
+    compute it per image: the same elementwise float32 operations (÷255, −mean, ÷std), so the
+    same bits. The result is a channels-last view of the pixels' own layout."""
+    with warnings.catch_warnings():  # read-only stored pixels: .to() copies them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    shape = (1, -1, 1, 1)
+    return x.sub_(torch.as_tensor(mean).view(shape)).div_(torch.as_tensor(std).view(shape))
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -302,6 +320,18 @@ class OpenClipEncoder(Encoder):
     def finish(self, image):
         return self._finish(image)
 
+    def finish_batch(self, pixels):
+        from open_clip.transform import MaybeConvertMode, MaybeToTensor
+        from torchvision import transforms
+
+        steps = self._finish.transforms
+        kinds = [type(t) for t in steps]
+        if kinds != [MaybeConvertMode, MaybeToTensor, transforms.Normalize] or (
+            steps[0].mode != "RGB"
+        ):
+            return None
+        return normalized_batch(pixels, steps[2].mean, steps[2].std)
+
     def encode_images(self, pixels):
         return self.model.encode_image(pixels)
 
@@ -478,6 +508,9 @@ class BertResnetEncoder(Encoder):
 
         tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
         return F.normalize(tensor, mean=self.transform.mean, std=self.transform.std)
+
+    def finish_batch(self, pixels):
+        return normalized_batch(pixels, self.transform.mean, self.transform.std)
 
     @property
     def geometry_key(self):

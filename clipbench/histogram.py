@@ -30,9 +30,17 @@ def kde_table(values: np.ndarray, points: int = 256) -> pa.Table:
     bandwidth = max(std * n ** (-1 / 5), 1e-3)
     grid = np.linspace(values.min() - 3 * bandwidth, values.max() + 3 * bandwidth, points)
     density = np.zeros(points)
+    # The kernel in float32 (half the time of float64; ~1e-7 relative on a plotted curve),
+    # each chunk's sum accumulated in float64.
+    grid32, values32 = (
+        (grid / bandwidth).astype(np.float32),
+        (values / bandwidth).astype(np.float32),
+    )
     for start in range(0, n, 65536):  # bounded temporaries at any n
-        z = (grid[:, None] - values[None, start : start + 65536]) / bandwidth
-        density += np.exp(-0.5 * z**2).sum(axis=1)
+        z = grid32[:, None] - values32[None, start : start + 65536]
+        np.multiply(z, z, out=z)
+        z *= np.float32(-0.5)
+        density += np.exp(z, out=z).sum(axis=1, dtype=np.float64)
     density /= n * bandwidth * np.sqrt(2 * np.pi)
     return pa.table({"similarity": grid, "density": density})
 

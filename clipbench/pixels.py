@@ -112,6 +112,16 @@ class StoredPixels:
                 self._cached = (index, column.flatten().to_numpy().reshape(-1, *self.shape))
             return self._cached[1]
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start`` to ``stop`` (exclusive) as one (n, H, W, 3) uint8 array."""
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        last = int(np.searchsorted(self.starts, stop - 1, side="right")) - 1
+        parts = [
+            self._batch(i)[max(start, self.starts[i]) - self.starts[i] : stop - self.starts[i]]
+            for i in range(first, last + 1)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def image(self, row: int) -> Image.Image:
         index = int(np.searchsorted(self.starts, row, side="right")) - 1
         return Image.fromarray(self._batch(index)[row - self.starts[index]], "RGB")

@@ -181,11 +181,35 @@ def script_json(value: Any) -> str:
     return json.dumps(value).replace("</", "<\\/")
 
 
+def cache_dir() -> Path:
+    """Where derived, version-keyed files are kept between jobs ($CLIPBENCH_CACHE, else the
+    user's cache folder)."""
+    import os
+
+    if os.environ.get("CLIPBENCH_CACHE"):
+        return Path(os.environ["CLIPBENCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "clipbench"
+
+
 def vega_bundle() -> str:
+    """The Vega/Vega-Lite JavaScript every page embeds. Building it costs ~1 s per job, and it
+    depends only on the library versions: kept in the cache folder, keyed by them."""
     import vl_convert
     from altair.utils._importers import vl_version_for_vl_convert
 
-    return vl_convert.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    version = vl_version_for_vl_convert()
+    path = cache_dir() / f"vega-bundle-{vl_convert.__version__}-{version}.js"
+    if path.is_file():  # bytes: the bundle holds "\r", which text mode would translate
+        return path.read_bytes().decode("utf-8")
+    bundle = vl_convert.javascript_bundle(vl_version=version)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(str(path)) as tmp:
+            tmp.write_bytes(bundle.encode("utf-8"))
+    except OSError:
+        pass  # a read-only home: build it each time
+    return bundle
 
 
 def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 
 # Tests never touch the network: the hub libraries fail fast instead of trying.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Derived caches (the report's JavaScript bundle) in a folder of this run, not the user's.
+os.environ.setdefault("CLIPBENCH_CACHE", tempfile.mkdtemp(prefix="clipbench-cache-"))
 from pathlib import Path
 
 import pytest

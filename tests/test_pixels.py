@@ -134,3 +134,21 @@ def test_pixels_of_another_geometry_are_not_used(checkpoints, dataset, tmp_path,
             4,
             stored=StoredPixels(str(tmp_path / "px.arrow")),
         )
+
+
+def test_batched_finish_is_the_per_image_finish_bit_for_bit(encoder, dataset, tmp_path):
+    """The vectorised ÷255, −mean, ÷std over stored rows (read across record batches) gives
+    the same bits as the library's per-image to_tensor and Normalize."""
+    from clipbench import pixels
+
+    path, _, blobs = dataset
+    before, pixels.ROWS_PER_BATCH = pixels.ROWS_PER_BATCH, 4
+    try:
+        write_pixels(encoder, str(path), str(tmp_path / "px.arrow"), workers=1)
+    finally:
+        pixels.ROWS_PER_BATCH = before
+    stored = StoredPixels(str(tmp_path / "px.arrow"))
+    batch = encoder.finish_batch(stored.rows(2, 9))
+    assert batch is not None and batch.shape[0] == 7
+    single = torch.stack([encoder.finish(stored.image(i)) for i in range(2, 9)])
+    torch.testing.assert_close(batch, single, rtol=0, atol=0)

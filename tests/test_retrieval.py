@@ -82,9 +82,10 @@ def dense_reference(texts, images, caption_image, k):
     return results
 
 
-@pytest.mark.parametrize("tile_scores", [1, 7, 60, 1 << 22])
+@pytest.mark.parametrize("tile_scores", [1, 7, 60, 1536, 1 << 22])
 @pytest.mark.parametrize("ties", [False, True])
 def test_tiled_single_pass_equals_dense_reference(tile_scores, ties):
+    # 53 × 29 = 1537 scores: from 1536 on, one tile: the dense numpy path itself.
     rng = np.random.default_rng(2)
     if ties:  # small integer vectors: exact dot products in any summation order, many ties
         images = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)

@@ -169,6 +169,11 @@ def test_reports_are_self_contained(demo):
         assert "vegaEmbed" in page and page.count("<figure") == 3 * 5 * len(DEMO_MODELS)
         for model in DEMO_MODELS:
             assert model in page
+        # What ran, and how far it strays from strict float32, for every model.
+        ran = resolve_precision("auto", torch.device("cpu")).name
+        assert page.count(f"ran {ran}") == len(DEMO_MODELS)
+        assert page.count("(precision: auto;") == len(DEMO_MODELS)
+        assert page.count("max cosine distance from strict float32") == len(DEMO_MODELS)
         figures = [
             "hits_at_k",
             "recall",

@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--hits-sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rows", type=int, default=833, help="dataset rows of workflow/versus")
+    parser.add_argument(
+        "--versus",
+        nargs="+",
+        default=["default", "fp32"],
+        choices=["default", "fp32"],
+        help="versus: each tool at its default precision, and both at float32",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 repeat, small GEMMs, N = 10k")
     parser.add_argument("--out", default="results/bench")
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if "workflow" in args.sections:
         rows += whole_workflow(out / "workflow", args.rows)
     if "versus" in args.sections:
-        rows += side_by_side(out / "versus", args.rows)
+        rows += side_by_side(out / "versus", args.rows, args.versus)
     shares(rows)
 
     columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "section", k != "name", k))

@@ -137,9 +137,12 @@ def run_workflow(root: Path, config: dict, label: str) -> dict:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    finished = time.time()
     if done.returncode:
         raise RuntimeError(f"the workflow failed:\n{done.stderr[-4000:]}")
     jobs = job_seconds(work)
+    # The tail the stages after encode add to the wall: from the last embeddings written.
+    last_encode = max(p.stat().st_mtime for p in (work / "results").glob("*/embeddings/*/*"))
     encode = {k.rsplit("/", 1)[-1]: v for k, v in jobs.items() if "/encode/" in k}
     return {
         "seconds": wall,
@@ -151,6 +154,8 @@ def run_workflow(root: Path, config: dict, label: str) -> dict:
             for k, v in jobs.items()
             if not any(f"/{rule}" in f"/{k}" for rule in (*ENCODE_RULES, "download"))
         ),
+        "after_last_encode_seconds": finished - last_encode,
+        "after_last_encode_share": (finished - last_encode) / wall,
         "noop_seconds": _noop(command),
     }
 
@@ -175,7 +180,10 @@ def whole_workflow(root: Path, rows: int) -> list[dict]:
     ]
 
 
-def side_by_side(root: Path, rows: int) -> list[dict]:
+SETTINGS = {"default": ("auto", True), "fp32": ("fp32", False)}  # ours, CLIP_benchmark's amp
+
+
+def side_by_side(root: Path, rows: int, settings: tuple[str, ...] = tuple(SETTINGS)) -> list[dict]:
     """The three CLIP models on the same data through this workflow (the README command) and
     through CLIP_benchmark's evaluate as its CLI runs it: at each tool's default precision
     (ours `auto`, theirs AMP) and at float32 (ours `fp32`, theirs `--no_amp`)."""
@@ -189,7 +197,8 @@ def side_by_side(root: Path, rows: int) -> list[dict]:
     parquet = Path(inputs["datasets"]["bench"]["source"]["parquet"])
     theirs_models = {m: (spec["arch"], spec["checkpoint"]) for m, spec in models.items()}
     rows_out = []
-    for label, precision, amp in (("default", "auto", True), ("fp32", "fp32", False)):
+    for label in settings:
+        precision, amp = SETTINGS[label]
         config = {**inputs, "models": models, "encode": {"precision": precision}}
         ours = run_workflow(root, config, f"clip-{label}")
         theirs = peer.run(parquet, theirs_models, amp=amp)

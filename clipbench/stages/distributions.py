@@ -8,7 +8,10 @@ import pyarrow as pa
 from clipbench.arrow_io import read_table, write_table
 from clipbench.embeddings import Embeddings
 from clipbench.histogram import histogram_table, kde_table, rank_cdf_table
+from clipbench.retrieval import TILE_SCORES
 from clipbench.stages.scores import DIRECTIONS
+
+PAIR_CHUNK = 8192
 
 
 def non_matched_scores(emb: Embeddings, max_pairs: int, seed: int) -> np.ndarray:
@@ -24,7 +27,13 @@ def non_matched_scores(emb: Embeddings, max_pairs: int, seed: int) -> np.ndarray
     # Uniform over the n−1 other images: draw from n−1 slots, skip over the own image.
     image = rng.integers(0, n_images - 1, max_pairs)
     image += image >= emb.caption_image[text]
-    return np.einsum("ij,ij->i", emb.text_emb[text], emb.image_emb[image])
+    if n_texts * n_images <= TILE_SCORES:  # the whole matrix is cheaper than gathering rows
+        return (emb.text_emb @ emb.image_emb.T)[text, image]
+    out = np.empty(max_pairs, np.float32)
+    for start in range(0, max_pairs, PAIR_CHUNK):  # bounded temporaries at any N
+        part = slice(start, start + PAIR_CHUNK)
+        out[part] = np.einsum("ij,ij->i", emb.text_emb[text[part]], emb.image_emb[image[part]])
+    return out
 
 
 def histogram(
