@@ -67,6 +67,15 @@ def bert_resnet_spec(checkpoints) -> dict:
     }
 
 
+def spec_for(checkpoints, name: str) -> dict:
+    """The demo spec of an open_clip tiny arch, or of the BERT + resnet18 baseline."""
+    return (
+        bert_resnet_spec(checkpoints)
+        if name == "bert_resnet"
+        else open_clip_spec(checkpoints, name)
+    )
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(2)

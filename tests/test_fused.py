@@ -16,7 +16,7 @@ from clipbench.fused import (
     fuse_transformer_blocks,
 )
 from clipbench.precision import EMBEDDING_TOLERANCE, resolve_precision
-from tests.conftest import bert_resnet_spec, open_clip_spec
+from tests.conftest import spec_for
 from tests.test_encode import CAPTIONS
 
 CPU = torch.device("cpu")
@@ -94,11 +94,7 @@ def test_the_fast_paths_keep_bf16_embeddings_at_bf16_tolerance(checkpoints, arch
     """End to end through the encoder: fused bf16 against stock bf16 (both cast weights)."""
     from clipbench.demo import demo_rows
 
-    spec = (
-        bert_resnet_spec(checkpoints)
-        if arch == "bert_resnet"
-        else open_clip_spec(checkpoints, arch)
-    )
+    spec = spec_for(checkpoints, arch)
     blobs = demo_rows(6, seed=2)[0]
     ids = list(range(len(blobs)))
     policy = resolve_precision("bf16", CPU)

@@ -13,7 +13,7 @@ from clipbench.encoders import Geometry, load_encoder
 from clipbench.images import decode_image
 from clipbench.pixels import StoredPixels, write_pixels
 from clipbench.stages.encode import EncodeSettings, Session
-from tests.conftest import bert_resnet_spec, open_clip_spec
+from tests.conftest import bert_resnet_spec, open_clip_spec, spec_for
 
 CPU = torch.device("cpu")
 SETTINGS = EncodeSettings(device="cpu", precision="fp32", batch_size=3, decode_workers=1)
@@ -59,11 +59,7 @@ def test_geometry_then_finish_is_the_library_preprocessing_bit_for_bit(encoder, 
 
 @pytest.mark.parametrize("which", ["tiny-rn", "tiny-vit-32", "bert_resnet"])
 def test_geometry_from_config_alone_matches_the_loaded_model(checkpoints, which):
-    spec = (
-        bert_resnet_spec(checkpoints)
-        if which == "bert_resnet"
-        else open_clip_spec(checkpoints, which)
-    )
+    spec = spec_for(checkpoints, which)
     no_weights = {k: v for k, v in spec.items() if k not in ("checkpoint", "image_checkpoint")}
     if which == "bert_resnet":
         no_weights["image_checkpoint"] = "never read"  # picks ImageClassification(image_size)
@@ -82,17 +78,20 @@ def test_encoding_from_shared_pixels_equals_decoding(encoder, dataset, tmp_path)
     np.testing.assert_array_equal(shared, decoded)
 
 
-def test_pixels_are_written_in_batches_and_read_across_them(checkpoints, dataset, tmp_path):
+def pixels_in_batches_of_4(encoder, path, out, monkeypatch) -> StoredPixels:
     from clipbench import pixels
 
+    monkeypatch.setattr(pixels, "ROWS_PER_BATCH", 4)
+    write_pixels(encoder, str(path), str(out), workers=1)
+    return StoredPixels(str(out))
+
+
+def test_pixels_are_written_in_batches_and_read_across_them(
+    checkpoints, dataset, tmp_path, monkeypatch
+):
     enc = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
     path, _, blobs = dataset
-    before, pixels.ROWS_PER_BATCH = pixels.ROWS_PER_BATCH, 4
-    try:
-        write_pixels(enc, str(path), str(tmp_path / "px.arrow"), workers=1)
-    finally:
-        pixels.ROWS_PER_BATCH = before
-    stored = StoredPixels(str(tmp_path / "px.arrow"))
+    stored = pixels_in_batches_of_4(enc, path, tmp_path / "px.arrow", monkeypatch)
     assert stored.starts.tolist() == [0, 4, 8, 9]
     for i, blob in enumerate(blobs):
         expected = np.asarray(enc.geometry(decode_image(blob, i)))
@@ -136,18 +135,12 @@ def test_pixels_of_another_geometry_are_not_used(checkpoints, dataset, tmp_path,
         )
 
 
-def test_batched_finish_is_the_per_image_finish_bit_for_bit(encoder, dataset, tmp_path):
+def test_batched_finish_is_the_per_image_finish_bit_for_bit(
+    encoder, dataset, tmp_path, monkeypatch
+):
     """The vectorised ÷255, −mean, ÷std over stored rows (read across record batches) gives
     the same bits as the library's per-image to_tensor and Normalize."""
-    from clipbench import pixels
-
-    path, _, blobs = dataset
-    before, pixels.ROWS_PER_BATCH = pixels.ROWS_PER_BATCH, 4
-    try:
-        write_pixels(encoder, str(path), str(tmp_path / "px.arrow"), workers=1)
-    finally:
-        pixels.ROWS_PER_BATCH = before
-    stored = StoredPixels(str(tmp_path / "px.arrow"))
+    stored = pixels_in_batches_of_4(encoder, dataset[0], tmp_path / "px.arrow", monkeypatch)
     batch = encoder.finish_batch(stored.rows(2, 9))
     assert batch is not None and batch.shape[0] == 7
     single = torch.stack([encoder.finish(stored.image(i)) for i in range(2, 9)])
