@@ -124,15 +124,13 @@ class FusedBlock(nn.Module):
         out_w, out_b = attn.out_proj.weight.float(), attn.out_proj.bias.float()
         fc_w, fc_b = fc.weight.float(), fc.bias.float()
         proj_w, proj_b = proj.weight.float(), proj.bias.float()
-        if act == "quick_gelu":
-            fc_w, fc_b, proj_w = fc_w * QUICK_GELU_ALPHA, fc_b * QUICK_GELU_ALPHA, proj_w
+        if act == "quick_gelu":  # x·σ(αx) = silu(αx)/α: α into c_fc, 1/α into c_proj
+            fc_w, fc_b = fc_w * QUICK_GELU_ALPHA, fc_b * QUICK_GELU_ALPHA
             proj_w = proj_w / QUICK_GELU_ALPHA
-        for gamma, pair in ((_scale(block.ls_1), "out"), (_scale(block.ls_2), "proj")):
-            if gamma is not None:
-                if pair == "out":
-                    out_w, out_b = out_w * gamma.float()[:, None], out_b * gamma.float()
-                else:
-                    proj_w, proj_b = proj_w * gamma.float()[:, None], proj_b * gamma.float()
+        if (gamma := _scale(block.ls_1)) is not None:  # LayerScale: a per-output factor
+            out_w, out_b = out_w * gamma.float()[:, None], out_b * gamma.float()
+        if (gamma := _scale(block.ls_2)) is not None:
+            proj_w, proj_b = proj_w * gamma.float()[:, None], proj_b * gamma.float()
         for name, value in (
             ("out_w", out_w),
             ("out_b", out_b),
