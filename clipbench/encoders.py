@@ -74,8 +74,8 @@ class Encoder:
         self.dtype = torch.float32
         return self
 
-    # CPU fast paths for reduced precision (clipbench.fused), each tested against the stock
-    # module; False keeps the library's modules as they are.
+    # CPU fast paths (clipbench.fused) for every precision but fp32-strict, each tested
+    # against the stock module; False keeps the library's modules as they are.
     fast_paths = True
     fused = False
 

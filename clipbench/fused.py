@@ -172,10 +172,10 @@ def fuse_transformer_blocks(module: nn.Module) -> int:
 
 
 class ConvAct(nn.Module):
-    """A convolution (an eval-mode BatchNorm after it folded in) with what follows it: a ReLU,
-    or a residual add and a ReLU, as one oneDNN convolution with post-ops."""
+    """A convolution (an eval-mode BatchNorm after it folded in) with the ReLU after it, or the
+    residual add and ReLU after it (``add``), as one oneDNN convolution with post-ops."""
 
-    def __init__(self, conv: nn.Conv2d, relu: bool, add: bool):
+    def __init__(self, conv: nn.Conv2d, add: bool):
         super().__init__()
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
@@ -183,23 +183,22 @@ class ConvAct(nn.Module):
         self.register_buffer("bias", bias)
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        self.relu, self.add = relu, add
+        self.add = add
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         args = (self.padding, self.stride, self.dilation, self.groups)
-        unary = "relu" if self.relu else None
         if _mkldnn(x):
             if other is None:
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.weight, self.bias, *args, unary or "none", [], ""
+                    x, self.weight, self.bias, *args, "relu", [], ""
                 )
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, self.weight, self.bias, *args, "add", None, unary, [], ""
+                x, other, self.weight, self.bias, *args, "add", None, "relu", [], ""
             )
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         if other is not None:
             y = y + other
-        return F.relu(y) if self.relu else y
+        return F.relu(y)
 
 
 def _is_relu(node, modules) -> bool:
@@ -253,7 +252,7 @@ def fuse_convolutions(module: nn.Module) -> nn.Module:
         (user,) = node.users
         conv = modules[node.target]
         if _is_relu(user, modules):
-            _set(graph_module, node.target, ConvAct(conv, relu=True, add=False))
+            _set(graph_module, node.target, ConvAct(conv, add=False))
             user.replace_all_uses_with(node)
             graph.erase_node(user)
         elif _is_add(user) and len(user.args) == 2 and len(user.users) == 1:
@@ -261,7 +260,7 @@ def fuse_convolutions(module: nn.Module) -> nn.Module:
             if not _is_relu(after, modules):
                 continue
             other = user.args[1] if user.args[0] is node else user.args[0]
-            _set(graph_module, node.target, ConvAct(conv, relu=True, add=True))
+            _set(graph_module, node.target, ConvAct(conv, add=True))
             with graph.inserting_before(user):
                 fused = graph.call_module(node.target, (node.args[0], other))
             after.replace_all_uses_with(fused)

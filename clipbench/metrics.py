@@ -31,6 +31,28 @@ def metric_names(recall_at: Sequence[int]) -> list[str]:
     ]
 
 
+def _per_query(r: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per query (float64 ranks, any leading axes), what the metrics sum over the queries."""
+    out = {"hit": (r <= k).astype(np.float64)}
+    for cutoff in recall_at:
+        out[f"recall_at_{cutoff}"] = (r <= cutoff).astype(np.float64)
+    return out | {"reciprocal": 1.0 / r, "rank": r, "points": np.clip(k + 1 - r, 0, None)}
+
+
+def _from_sums(sums, n: int, k: int, recall_at: Sequence[int], median) -> dict[str, np.ndarray]:
+    """Every metric from the per-query sums over ``n`` queries (and the median rank)."""
+    out = {"hits_at_k": sums["hit"], "accuracy": sums["hit"] / n}
+    for cutoff in recall_at:
+        out[f"recall_at_{cutoff}"] = sums[f"recall_at_{cutoff}"] / n
+    return out | {
+        "mrr": sums["reciprocal"] / n,
+        "mean_rank": sums["rank"] / n,
+        "median_rank": median,
+        "weighted_score": sums["points"],
+        "weighted_score_share": sums["points"] / n / k,
+    }
+
+
 def summarize(ranks: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, np.ndarray]:
     """Every metric over the last axis of ``ranks`` (leading axes: e.g. bootstrap resamples).
 
@@ -40,17 +62,8 @@ def summarize(ranks: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, 
     r = np.asarray(ranks, dtype=np.float64)
     if r.shape[-1] == 0:
         raise InputError("no queries to evaluate")
-    hit = r <= k
-    points = np.clip(k + 1 - r, 0, None)
-    out = {"hits_at_k": hit.sum(-1).astype(np.float64), "accuracy": hit.mean(-1)}
-    for cutoff in recall_at:
-        out[f"recall_at_{cutoff}"] = (r <= cutoff).mean(-1)
-    out["mrr"] = (1.0 / r).mean(-1)
-    out["mean_rank"] = r.mean(-1)
-    out["median_rank"] = np.median(r, axis=-1)
-    out["weighted_score"] = points.sum(-1)
-    out["weighted_score_share"] = points.mean(-1) / k
-    return out
+    sums = {name: value.sum(-1) for name, value in _per_query(r, k, recall_at).items()}
+    return _from_sums(sums, r.shape[-1], k, recall_at, np.median(r, axis=-1))
 
 
 def first_positive_pmf(n: int, m: int) -> np.ndarray:
@@ -104,65 +117,55 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, resamples - start), n))
 
 
-def _rank_features(r: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per query, the quantity each mean-type metric averages (hits@K sums it)."""
-    r = np.asarray(r, dtype=np.float64)
-    points = np.clip(k + 1 - r, 0, None)
-    hit = (r <= k).astype(np.float64)
-    out = {"hits_at_k": hit, "accuracy": hit}
-    for cutoff in recall_at:
-        out[f"recall_at_{cutoff}"] = (r <= cutoff).astype(np.float64)
-    out |= {"mrr": 1.0 / r, "mean_rank": r, "weighted_score": points}
-    out["weighted_score_share"] = points / k
-    return out
-
-
-def _resampled(r: np.ndarray, counts: np.ndarray, k, recall_at) -> dict[str, np.ndarray]:
-    """Every metric on each resample given by ``counts`` (int64, resamples × queries: how often each
-    query was drawn), as :func:`summarize` computes it on the drawn ranks: mean-type metrics
-    as one matrix product, the median from the cumulative counts in rank order."""
+def _resampler(ranks: np.ndarray, k: int, recall_at: Sequence[int]):
+    """Every metric on each resample given by ``counts`` (int64, resamples × queries: how
+    often each query was drawn), as :func:`summarize` computes it on the drawn ranks: the sums
+    as one matrix product, the median from the counts in rank order. What depends on the ranks
+    alone is prepared once, for every chunk of resamples."""
+    r = np.asarray(ranks, dtype=np.float64)
     n = r.size
-    features = _rank_features(r, k, recall_at)
-    names = list(features)
-    sums = counts.astype(np.float64) @ np.stack([features[m] for m in names], axis=1)
-    out = {
-        m: sums[:, i] / (1 if m in ("hits_at_k", "weighted_score") else n)
-        for i, m in enumerate(names)
-    }
+    per_query = _per_query(r, k, recall_at)
+    names = list(per_query)
+    table = np.stack([per_query[m] for m in names], axis=1)
     order = np.argsort(r, kind="stable")
-    in_rank_order = counts[:, order]
-    sorted_r = np.asarray(r, dtype=np.float64)[order]
-    # The position-th smallest drawn rank, located through block sums (a full cumulative sum
-    # over resamples × queries would cost more than all the rest of the bootstrap).
+    sorted_r = r[order]
     block = MEDIAN_BLOCK
     padded = -(-n // block) * block
-    blocks = np.zeros((counts.shape[0], padded), np.int64)
-    blocks[:, :n] = in_rank_order
-    block_ends = np.cumsum(blocks.reshape(counts.shape[0], -1, block).sum(axis=2), axis=1)
 
-    def drawn(position: int) -> np.ndarray:  # 0-based, per resample
-        out = np.empty(counts.shape[0])
-        for row, ends in enumerate(block_ends):
-            b = int(np.searchsorted(ends, position, side="right"))
-            before = int(ends[b - 1]) if b else 0
-            within = np.cumsum(blocks[row, b * block : (b + 1) * block])
-            j = int(np.searchsorted(within, position - before, side="right"))
-            out[row] = sorted_r[b * block + j]
-        return out
+    def metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
+        sums = counts.astype(np.float64) @ table
+        # The position-th smallest drawn rank, located through block sums (a full cumulative
+        # sum over resamples × queries would cost more than all the rest of the bootstrap).
+        blocks = np.zeros((counts.shape[0], padded), np.int64)
+        blocks[:, :n] = counts[:, order]
+        block_ends = np.cumsum(blocks.reshape(counts.shape[0], -1, block).sum(axis=2), axis=1)
 
-    half = n // 2
-    out["median_rank"] = drawn(half) if n % 2 else (drawn(half - 1) + drawn(half)) / 2
-    return {m: out[m] for m in metric_names(recall_at)}
+        def drawn(position: int) -> np.ndarray:  # 0-based, per resample
+            out = np.empty(counts.shape[0])
+            for row, ends in enumerate(block_ends):
+                b = int(np.searchsorted(ends, position, side="right"))
+                before = int(ends[b - 1]) if b else 0
+                within = np.cumsum(blocks[row, b * block : (b + 1) * block])
+                j = int(np.searchsorted(within, position - before, side="right"))
+                out[row] = sorted_r[b * block + j]
+            return out
+
+        half = n // 2
+        median = drawn(half) if n % 2 else (drawn(half - 1) + drawn(half)) / 2
+        return _from_sums({m: sums[:, i] for i, m in enumerate(names)}, n, k, recall_at, median)
+
+    return metrics
 
 
 def _bootstrap(ranks: Sequence[np.ndarray], k, recall_at, resamples, seed):
     draws: dict[str, list[np.ndarray]] = {}
     n = ranks[0].size
+    resamplers = [_resampler(r, k, recall_at) for r in ranks]
     for idx in bootstrap_indices(n, resamples, seed):
         # How often each query was drawn, per resample: one bincount for the whole chunk.
         offsets = np.arange(idx.shape[0])[:, None] * n
         counts = np.bincount((idx + offsets).ravel(), minlength=idx.size).reshape(idx.shape)
-        parts = [_resampled(np.asarray(r), counts, k, recall_at) for r in ranks]
+        parts = [resample(counts) for resample in resamplers]
         for name in parts[0]:
             value = parts[0][name] if len(parts) == 1 else parts[0][name] - parts[1][name]
             draws.setdefault(name, []).append(value)

@@ -123,5 +123,4 @@ class StoredPixels:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def image(self, row: int) -> Image.Image:
-        index = int(np.searchsorted(self.starts, row, side="right")) - 1
-        return Image.fromarray(self._batch(index)[row - self.starts[index]], "RGB")
+        return Image.fromarray(self.rows(row, row + 1)[0], "RGB")

@@ -124,10 +124,9 @@ class RunningTopK:
         # candidate ascending (two lexsort keys instead of four).
         order = np.lexsort((_order_key(score, positive, cand), query))
         query = query[order]
-        first = np.searchsorted(query, query, side="left")
-        slot = np.arange(query.size) - first
-        keep = order[slot < self.k]
-        at = query[slot < self.k], slot[slot < self.k]
+        slot = np.arange(query.size) - np.searchsorted(query, query, side="left")
+        kept = slot < self.k
+        at, keep = (query[kept], slot[kept]), order[kept]
         self.score[at], self.index[at], self.positive[at] = score[keep], cand[keep], positive[keep]
 
 
@@ -228,15 +227,6 @@ def _tensor(matrix: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(matrix).to(device)
 
 
-def retrieval_device(requested: str | None = None) -> torch.device:
-    """Where the score tiles are computed: the job's GPU when it has one, else the CPU."""
-    import torch
-
-    if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 def retrieve_dense(
     text_emb: np.ndarray, image_emb: np.ndarray, caption_image: np.ndarray, k: int
 ) -> tuple[RetrievalResult, RetrievalResult]:
@@ -293,7 +283,9 @@ def retrieve_both(
         return retrieve_dense(text_emb, image_emb, caption_image, k)
     import torch
 
-    where = retrieval_device(device)
+    from clipbench.precision import resolve_device
+
+    where = resolve_device(device or "auto")  # the job's GPU when it has one
     order = np.argsort(caption_image, kind="stable")  # captions grouped by image
     own = caption_image[order]
     grouped = bool((order == np.arange(n_texts)).all())  # usual: no copy needed

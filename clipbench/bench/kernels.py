@@ -172,12 +172,11 @@ def model_throughput(
     """Each tower run as the workflow runs it at ``precision`` (its :class:`Precision` on this
     device), at ``batch`` or, for "auto", at the batch ``batch_size: auto`` picks for it."""
     policy = resolve_precision(precision, device)
-    reduced = policy.dtype != torch.float32 or policy.autocast
     rows = []
     for name, kind, owner, module, make_input, conv in model_cases(device, channels_last):
         grid = getattr(owner, "grid_size", None) if kind == "image" else None
         tokens = None if grid is None else grid[0] * grid[1] + 1
-        auto = batch_sizes("auto", device.type, conv, tokens, reduced)[kind == "text"]
+        auto = batch_sizes("auto", device.type, conv, tokens, policy.reduced)[kind == "text"]
         size = auto if batch == "auto" else int(batch)
         flops = flops_per_item(module, make_input)  # on the stock modules
         x = make_input(size)

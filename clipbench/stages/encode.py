@@ -127,7 +127,7 @@ class Session:
             device.type,
             encoder.channels_last,
             encoder.image_tokens,
-            policy.dtype != torch.float32 or policy.autocast,
+            policy.reduced,
         )
         return cls(
             encoder,
@@ -150,11 +150,13 @@ class Session:
         # Image ids are 0…n−1 in row order (dataset.canonical_tables), so an id is a row index.
         return self.captions["image_id"].to_numpy()
 
-    def image_features(self, perturb: Callable | None = None, rows: int | None = None):
-        """Features of the first ``rows`` images (all by default) at the session's policy."""
-        return self._images(self.policy, perturb, rows)
+    def image_features(self, perturb: Callable | None = None):
+        """Features of every image at the session's policy (``perturb``: see encode_images)."""
+        return self._images(self.policy, perturb, None)
 
     def _images(self, policy: Precision, perturb: Callable | None, rows: int | None):
+        """The first ``rows`` images (all for None); a sample is decoded, never read from the
+        shared pixels."""
         n = self.images.num_rows if rows is None else min(rows, self.images.num_rows)
         return encode_images(
             self.encoder,
