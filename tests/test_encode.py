@@ -11,7 +11,13 @@ from clipbench.batching import batch_sizes, prepared_batches
 from clipbench.demo import demo_rows, write_open_clip_checkpoint
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts, fit_text_head
-from clipbench.encoders import Geometry, load_encoder, load_state_dict, seeded_projection
+from clipbench.encoders import (
+    Geometry,
+    initialization_skipped,
+    load_encoder,
+    load_state_dict,
+    seeded_projection,
+)
 from clipbench.errors import InputError
 from clipbench.precision import resolve_device, resolve_precision
 from tests.conftest import DEMO_ARCHS, bert_resnet_spec, open_clip_spec, png_bytes
@@ -64,6 +70,33 @@ def test_batched_texts_equal_one_at_a_time(encoder):
 
 def test_models_are_in_eval_mode(encoder):
     assert all(not m.training for m in encoder.modules())
+
+
+@pytest.mark.parametrize("arch", ["tiny-vit-16", "tiny-rn"])
+def test_loaded_weights_are_the_checkpoints_own(checkpoints, arch):
+    """Random initialisation is skipped where a strict load follows: every tensor must still
+    be the checkpoint's, and the projection the seed draws must still be drawn."""
+    encoder = load_encoder(open_clip_spec(checkpoints, arch), CPU)
+    saved = load_state_dict(checkpoints[arch])
+    loaded = encoder.model.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    baseline = load_encoder(bert_resnet_spec(checkpoints), CPU)
+    saved = load_state_dict(checkpoints["resnet18"])
+    assert all(torch.equal(v, baseline.image_model.state_dict()[k]) for k, v in saved.items())
+    projection = seeded_projection(baseline.projection.in_features, 1000, 0)
+    assert torch.equal(baseline.projection.weight, projection.weight)
+
+
+def test_initialization_is_skipped_only_inside(checkpoints):
+    torch.manual_seed(0)
+    with initialization_skipped():
+        untouched = torch.nn.init.normal_(torch.zeros(8))
+    assert not untouched.any()
+    with pytest.raises(RuntimeError), initialization_skipped():
+        raise RuntimeError("a failed load")
+    assert torch.nn.init.normal_(torch.zeros(8)).any()  # restored after the failure
+    assert torch.nn.Linear(4, 4).weight.abs().sum() > 0
 
 
 def test_bert_resnet_matches_the_seed_design(checkpoints):
@@ -254,14 +287,15 @@ def test_auto_batch_size_is_chosen_per_tower_type(checkpoints):
     cnn = load_encoder(open_clip_spec(checkpoints, "tiny-rn"), CPU)
     vit = load_encoder(open_clip_spec(checkpoints, "tiny-vit-16"), CPU)
     assert (cnn.image_tokens, vit.image_tokens) == (None, 17)  # 64² in 16² patches + class
-    assert batch_sizes("auto", "cpu", cnn.channels_last, cnn.image_tokens) == (8, 32)
-    assert batch_sizes("auto", "cpu", True, None, reduced=True) == (16, 32)
+    assert batch_sizes("auto", "cpu", cnn.channels_last, cnn.image_tokens) == (8, 128)
+    assert batch_sizes("auto", "cpu", True, None, reduced=True) == (16, 256)
     # Transformer image towers by tokens per batch: ViT-B-16 (197) and ViT-B-32 (50).
-    assert batch_sizes("auto", "cpu", False, 197, reduced=True) == (16, 32)
-    assert batch_sizes("auto", "cpu", False, 50, reduced=True) == (64, 32)
-    assert batch_sizes("auto", "cpu", False, 197) == (8, 32)
-    assert batch_sizes("auto", "cpu", False, 50) == (32, 32)
-    assert batch_sizes("auto", "cpu", vit.channels_last, vit.image_tokens) == (64, 32)
+    assert batch_sizes("auto", "cpu", False, 197, reduced=True) == (16, 256)
+    assert batch_sizes("auto", "cpu", False, 50, reduced=True) == (64, 256)
+    assert batch_sizes("auto", "cpu", False, 197) == (8, 128)
+    assert batch_sizes("auto", "cpu", False, 50) == (32, 128)
+    assert batch_sizes("auto", "cpu", vit.channels_last, vit.image_tokens) == (64, 128)
+    assert batch_sizes("auto", "cpu", False, None) == (32, 128)
     assert batch_sizes("auto", "cuda", False, 197, reduced=True) == (128, 128)
     assert batch_sizes(5, "cpu", cnn.channels_last) == (5, 5)
 
