@@ -1,6 +1,8 @@
 # CLIP-style models benchmarked on text-to-image retrieval.
 #   snakemake --cores 4 --resources gpu=1                             (config.yaml)
 #   snakemake --cores 2 --configfile tests/demo/config.yaml           (offline demo)
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -13,6 +15,11 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+sys.path.insert(0, workflow.basedir)
+from clipbench.presets import expand_presets
+
+# A preset is a dataset entry written for you: filled in before validation, checked the same.
+config["datasets"] = expand_presets(config.get("datasets") or {})
 validate(config, "schemas/config.schema.yaml")
 
 
@@ -22,6 +29,7 @@ include: "rules/encode.smk"
 include: "rules/similarity.smk"
 include: "rules/hits.smk"
 include: "rules/compare.smk"
+include: "rules/references.smk"
 include: "rules/histogram.smk"
 include: "rules/queries.smk"
 include: "rules/robustness.smk"

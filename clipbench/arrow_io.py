@@ -84,7 +84,9 @@ def _fsync_dir(path: str | os.PathLike) -> None:
 def _clear_stale(path: Path) -> None:
     # A job killed mid-write (SIGKILL, a lost node) leaves its temporary file behind; only the
     # job that owns ``path`` writes these, so the rerun of that job clears them.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    name = glob.escape(path.name)
+    stale_files = [*path.parent.glob(f".{name}.*.tmp"), *path.parent.glob(f".{name}.*.spill")]
+    for stale in stale_files:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -92,14 +94,15 @@ def _clear_stale(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, clear_stale: bool = True) -> Iterator[Path]:
     """A temporary file beside ``path`` that becomes ``path`` only once the block completes:
     readers, and Snakemake, never see a half-written artifact. The data reaches the disk before
     the rename and the rename before the block returns, so a power cut leaves the old state or
     the whole new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(path)
+    if clear_stale:
+        _clear_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -146,6 +149,7 @@ def atomic_writer(
     schema: pa.Schema,
     metadata: Mapping | None = None,
     compression: str | None = None,
+    clear_stale: bool = True,
 ) -> Iterator[pa.ipc.RecordBatchFileWriter]:
     """An Arrow IPC file writer whose file appears at ``path`` only once it is complete.
     ``compression`` (lz4/zstd buffers) is for bulky intermediates read batch by batch."""
@@ -153,11 +157,63 @@ def atomic_writer(
         schema = schema.with_metadata({**(schema.metadata or {}), **encode_metadata(metadata)})
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with (
-        atomic_path(path) as tmp,
+        atomic_path(path, clear_stale) as tmp,
         pa.OSFile(str(tmp), "wb") as sink,
         pa.ipc.new_file(sink, schema, options=options) as writer,
     ):
         yield writer
+
+
+class SpilledWriter:
+    """Batches whose file metadata is known only after the last of them (a source read in one
+    streaming pass): they go to a hidden spill file beside ``path``; :meth:`finish` streams
+    them into the atomic final file with the metadata, a batch at a time."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        self.path, self.schema = Path(path), schema
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _clear_stale(self.path)  # a killed run's spill and temporary files
+        fd, spill = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".spill"
+        )
+        os.close(fd)
+        self.spill = Path(spill)
+        self._sink = pa.OSFile(spill, "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def finish(self, metadata: Mapping) -> None:
+        self._close()
+        with (
+            pa.memory_map(str(self.spill), "r") as source,
+            atomic_writer(self.path, self.schema, metadata, clear_stale=False) as writer,
+        ):
+            spilled = pa.ipc.open_file(source)
+            for i in range(spilled.num_record_batches):
+                writer.write_batch(spilled.get_batch(i))
+        self.spill.unlink()
+
+    def discard(self) -> None:
+        self._close()
+        self.spill.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if not self._sink.closed:
+            self._writer.close()
+            self._sink.close()
+
+
+@contextlib.contextmanager
+def spilled_writer(path: str | os.PathLike, schema: pa.Schema) -> Iterator[SpilledWriter]:
+    """A :class:`SpilledWriter` that leaves nothing behind if the block fails or never calls
+    ``finish``."""
+    writer = SpilledWriter(path, schema)
+    try:
+        yield writer
+    finally:
+        writer.discard()
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, metadata: Mapping | None = None) -> None:

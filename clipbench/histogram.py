@@ -45,9 +45,17 @@ def kde_table(values: np.ndarray, points: int = 256) -> pa.Table:
     return pa.table({"similarity": grid, "density": density})
 
 
-def rank_cdf_table(ranks: np.ndarray) -> pa.Table:
-    """Share of queries whose best positive ranks at or above each observed rank."""
-    values, counts = np.unique(np.asarray(ranks, dtype=np.int64), return_counts=True)
+def rank_cdf_table(values: np.ndarray, counts: np.ndarray | None = None) -> pa.Table:
+    """Share of queries whose best positive ranks at or above each rank: ``values`` are the
+    ranks (one per query), or with ``counts`` the distinct ranks and how many queries sit
+    there (fractional where tied queries spread over their tied places)."""
+    if counts is None:
+        values, counts = np.unique(np.asarray(values, dtype=np.int64), return_counts=True)
+    counts = np.asarray(counts, dtype=np.float64)
     return pa.table(
-        {"rank": values, "count": counts.astype(np.int64), "cdf": np.cumsum(counts) / counts.sum()}
+        {
+            "rank": np.asarray(values, np.int64),
+            "count": counts,
+            "cdf": np.cumsum(counts) / counts.sum(),
+        }
     )

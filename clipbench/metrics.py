@@ -1,13 +1,21 @@
-"""Summary metrics from per-query ranks, their chance levels, and bootstrap uncertainty.
+"""Summary metrics from where each query's best positive lands, their chance levels, and
+bootstrap uncertainty.
 
-All metrics are functions of the 1-based rank of each query's best positive (see
-:mod:`clipbench.retrieval`), so one vectorised :func:`summarize` serves the point estimate, every
+A query's placement (:class:`QueryRanks`) is how many non-positive candidates score above its
+best positive, how many score the same, and how many positives share that score. Ties are
+real (identical captions have identical embeddings) and any order among tied candidates is
+arbitrary, so by default every metric is its expectation over a uniformly random order of the
+tied candidates (McSherry & Najork, ECIR 2008, "Computing information retrieval performance
+measures efficiently in the presence of tied scores"); ``pessimistic`` puts the tied
+non-positives first, ``optimistic`` last. A model that scores every candidate the same then
+sits exactly at chance. One vectorised :func:`summarize` serves the point estimate, every
 bootstrap resample and every paired difference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +24,52 @@ from clipbench.errors import InputError
 # Resamples drawn per step: bounds memory at (chunk × n_queries) whatever the resample count.
 BOOTSTRAP_CHUNK = 50
 MEDIAN_BLOCK = 1024  # queries per block when locating a resample's median
+TIES = ("expected", "pessimistic", "optimistic")
+
+
+@dataclass(frozen=True)
+class QueryRanks:
+    """Per query: ``greater`` non-positives score above its best positive, ``tied``
+    non-positives score the same, and ``positives`` positives (the best one included) share
+    that score. Arrays of one shape (any leading axes)."""
+
+    greater: np.ndarray
+    tied: np.ndarray
+    positives: np.ndarray
+
+    @classmethod
+    def of(cls, ranks: QueryRanks | np.ndarray) -> QueryRanks:
+        """Plain 1-based ranks are placements without ties."""
+        if isinstance(ranks, QueryRanks):
+            return ranks
+        r = np.asarray(ranks, dtype=np.int64)
+        return cls(r - 1, np.zeros_like(r), np.ones_like(r))
+
+    @classmethod
+    def from_columns(cls, rank, ties, tied_positives) -> QueryRanks:
+        """From a hits table's columns: ``rank`` counts the tied non-positives as above."""
+        rank, ties = np.asarray(rank, np.int64), np.asarray(ties, np.int64)
+        return cls(rank - 1 - ties, ties, np.asarray(tied_positives, np.int64))
+
+    def __getitem__(self, index) -> QueryRanks:
+        return QueryRanks(self.greater[index], self.tied[index], self.positives[index])
+
+    @property
+    def size(self) -> int:
+        return int(self.greater.size)
+
+    def rank(self, ties: str) -> np.ndarray:
+        """The rank of the best positive (float64): the expected one over tied orders, or
+        with the tied non-positives before it (pessimistic) or after it (optimistic)."""
+        g, t, p = (np.asarray(a, np.float64) for a in (self.greater, self.tied, self.positives))
+        if ties == "pessimistic":
+            return g + t + 1
+        if ties == "optimistic":
+            return g + 1
+        if ties == "expected":
+            # The first of p positives among t + p in random order lands at (t+p+1)/(p+1).
+            return g + (t + p + 1) / (p + 1)
+        raise InputError(f"retrieval.ties is {ties!r}; use one of {list(TIES)}")
 
 
 def metric_names(recall_at: Sequence[int]) -> list[str]:
@@ -31,12 +85,42 @@ def metric_names(recall_at: Sequence[int]) -> list[str]:
     ]
 
 
-def _per_query(r: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per query (float64 ranks, any leading axes), what the metrics sum over the queries."""
-    out = {"hit": (r <= k).astype(np.float64)}
-    for cutoff in recall_at:
-        out[f"recall_at_{cutoff}"] = (r <= cutoff).astype(np.float64)
-    return out | {"reciprocal": 1.0 / r, "rank": r, "points": np.clip(k + 1 - r, 0, None)}
+def _per_query(
+    ranks: QueryRanks, k: int, recall_at: Sequence[int], ties: str
+) -> dict[str, np.ndarray]:
+    """Per query (any leading axes), what the metrics sum over the queries: with ``expected``
+    ties each value is its expectation over the tied candidates' random order."""
+    cutoffs = {"hit": k, **{f"recall_at_{c}": c for c in recall_at}}
+    r = ranks.rank(ties)
+    if ties != "expected":
+        out = {name: (r <= c).astype(np.float64) for name, c in cutoffs.items()}
+        return out | {"reciprocal": 1.0 / r, "rank": r, "points": np.clip(k + 1 - r, 0, None)}
+    # Untied queries (nearly all, with float scores) sit at greater + 1; tied ones get their
+    # expectations from the distribution of their first positive's place among the tied.
+    first = np.asarray(ranks.greater, np.float64) + 1
+    out = {name: (first <= c).astype(np.float64) for name, c in cutoffs.items()}
+    out |= {"reciprocal": 1.0 / first, "points": np.clip(k + 1 - first, 0, None)}
+    flat = {name: value.reshape(-1) for name, value in out.items()}
+    tied = np.flatnonzero(np.asarray(ranks.tied).reshape(-1) > 0)
+    if tied.size:
+        triples = np.stack(
+            [np.asarray(a).reshape(-1)[tied] for a in (ranks.greater, ranks.tied, ranks.positives)],
+            axis=1,
+        )
+        unique, inverse = np.unique(triples, axis=0, return_inverse=True)
+        by_triple = np.argsort(inverse.reshape(-1), kind="stable")
+        starts = np.searchsorted(inverse.reshape(-1)[by_triple], np.arange(len(unique) + 1))
+        for row, (g, t, p) in enumerate(unique.tolist()):
+            pmf = first_positive_pmf(t + p, p)  # P(first positive at place j), j = 1…t+1
+            place = g + np.arange(1, t + 2, dtype=np.float64)
+            cdf = np.cumsum(pmf)
+            at = tied[by_triple[starts[row] : starts[row + 1]]]
+            for name, c in cutoffs.items():
+                # Exactly 0 or 1 where the cutoff is above or below the whole tied group.
+                flat[name][at] = 0.0 if c <= g else 1.0 if c - g > t else cdf[c - g - 1]
+            flat["reciprocal"][at] = pmf @ (1.0 / place)
+            flat["points"][at] = pmf @ np.clip(k + 1 - place, 0, None)
+    return out | {"rank": r}
 
 
 def _from_sums(sums, n: int, k: int, recall_at: Sequence[int], median) -> dict[str, np.ndarray]:
@@ -53,17 +137,43 @@ def _from_sums(sums, n: int, k: int, recall_at: Sequence[int], median) -> dict[s
     }
 
 
-def summarize(ranks: np.ndarray, k: int, recall_at: Sequence[int]) -> dict[str, np.ndarray]:
-    """Every metric over the last axis of ``ranks`` (leading axes: e.g. bootstrap resamples).
+def summarize(
+    ranks: QueryRanks | np.ndarray, k: int, recall_at: Sequence[int], ties: str = "expected"
+) -> dict[str, np.ndarray]:
+    """Every metric over the last axis of ``ranks`` (leading axes: e.g. bootstrap resamples);
+    plain integer ranks are untied placements.
 
     hits@K is the seed study's "score" (a count); the weighted score is the seed's proposal:
     K points for rank 1, K−1 for rank 2, …, 1 for rank K; its share divides by N·K.
     """
-    r = np.asarray(ranks, dtype=np.float64)
-    if r.shape[-1] == 0:
+    ranks = QueryRanks.of(ranks)
+    if ranks.greater.shape[-1] == 0:
         raise InputError("no queries to evaluate")
-    sums = {name: value.sum(-1) for name, value in _per_query(r, k, recall_at).items()}
-    return _from_sums(sums, r.shape[-1], k, recall_at, np.median(r, axis=-1))
+    per_query = _per_query(ranks, k, recall_at, ties)
+    sums = {name: value.sum(-1) for name, value in per_query.items()}
+    n = ranks.greater.shape[-1]
+    return _from_sums(sums, n, k, recall_at, np.median(per_query["rank"], axis=-1))
+
+
+def rank_distribution(ranks: QueryRanks, ties: str = "expected") -> tuple[np.ndarray, np.ndarray]:
+    """(rank, number of queries there), over the ranks that occur: with ``expected`` ties a
+    tied query spreads over its tied places with its probabilities (so the counts add up to
+    the queries, and their cumulative share at K is R@K)."""
+    if ties != "expected":
+        values, counts = np.unique(ranks.rank(ties).astype(np.int64), return_counts=True)
+        return values, counts.astype(np.float64)
+    g, t, p = (
+        np.asarray(a, np.int64).reshape(-1) for a in (ranks.greater, ranks.tied, ranks.positives)
+    )
+    mass = np.bincount(g[t == 0] + 1).astype(np.float64)
+    triples, counts = np.unique(np.stack([g, t, p], axis=1)[t > 0], axis=0, return_counts=True)
+    for (g0, t0, p0), count in zip(triples.tolist(), counts.tolist(), strict=True):
+        top = g0 + t0 + 2
+        if mass.size < top:
+            mass = np.concatenate([mass, np.zeros(top - mass.size)])
+        mass[g0 + 1 : top] += count * first_positive_pmf(t0 + p0, p0)
+    values = np.flatnonzero(mass)
+    return values, mass[values]
 
 
 def first_positive_pmf(n: int, m: int) -> np.ndarray:
@@ -78,35 +188,26 @@ def first_positive_pmf(n: int, m: int) -> np.ndarray:
     return (m / n) * np.concatenate([[1.0], np.cumprod(ratios)])
 
 
+def all_tied(n_candidates: int, n_positives: np.ndarray) -> QueryRanks:
+    """The placements of a model that gives every candidate the same score."""
+    positives = np.asarray(n_positives, dtype=np.int64)
+    return QueryRanks(np.zeros_like(positives), n_candidates - positives, positives)
+
+
 def chance_metrics(
     n_candidates: int, n_positives: np.ndarray, k: int, recall_at: Sequence[int]
 ) -> dict[str, float]:
-    """Expected metrics of a model that ranks candidates uniformly at random.
+    """Expected metrics of a model that ranks candidates uniformly at random: those of one
+    that ties every candidate, averaged over the tied orders, so such a model sits exactly at
+    chance. The median rank is the median over queries of each one's expected rank.
 
     E.g. text→image hits@5 over 833 captions and 833 images: 833 · 5/833 = 5.
     """
-    n_positives = np.asarray(n_positives, dtype=np.int64)
-    n_queries = n_positives.size
-    mixture = np.zeros(n_candidates)
-    for m, count in zip(*np.unique(n_positives, return_counts=True), strict=True):
-        pmf = first_positive_pmf(n_candidates, int(m))
-        mixture[: pmf.size] += pmf * count / n_queries
-    ranks = np.arange(1, n_candidates + 1, dtype=np.float64)
-    cdf = np.cumsum(mixture)
-
-    def within(cutoff: int) -> float:
-        return float(cdf[min(cutoff, n_candidates) - 1])
-
-    out = {"hits_at_k": within(k) * n_queries, "accuracy": within(k)}
-    for cutoff in recall_at:
-        out[f"recall_at_{cutoff}"] = within(cutoff)
-    out["mrr"] = float((mixture / ranks).sum())
-    out["mean_rank"] = float((mixture * ranks).sum())
-    out["median_rank"] = float(ranks[np.searchsorted(cdf, 0.5 - 1e-12)])
-    points = float((mixture * np.clip(k + 1 - ranks, 0, None)).sum())
-    out["weighted_score"] = points * n_queries
-    out["weighted_score_share"] = points / k
-    return out
+    for m in np.unique(n_positives):
+        if not 1 <= m <= n_candidates:
+            raise ValueError(f"need 1 ≤ positives ≤ candidates, got {m} of {n_candidates}")
+    value = summarize(all_tied(n_candidates, n_positives), k, recall_at, "expected")
+    return {name: float(v) for name, v in value.items()}
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -117,14 +218,14 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, resamples - start), n))
 
 
-def _resampler(ranks: np.ndarray, k: int, recall_at: Sequence[int]):
+def _resampler(ranks: QueryRanks, k: int, recall_at: Sequence[int], ties: str):
     """Every metric on each resample given by ``counts`` (int64, resamples × queries: how
-    often each query was drawn), as :func:`summarize` computes it on the drawn ranks: the sums
-    as one matrix product, the median from the counts in rank order. What depends on the ranks
-    alone is prepared once, for every chunk of resamples."""
-    r = np.asarray(ranks, dtype=np.float64)
+    often each query was drawn), as :func:`summarize` computes it on the drawn queries: the
+    sums as one matrix product, the median from the counts in rank order. What depends on the
+    placements alone is prepared once, for every chunk of resamples."""
+    per_query = _per_query(ranks, k, recall_at, ties)
+    r = per_query["rank"]
     n = r.size
-    per_query = _per_query(r, k, recall_at)
     names = list(per_query)
     table = np.stack([per_query[m] for m in names], axis=1)
     order = np.argsort(r, kind="stable")
@@ -157,10 +258,10 @@ def _resampler(ranks: np.ndarray, k: int, recall_at: Sequence[int]):
     return metrics
 
 
-def _bootstrap(ranks: Sequence[np.ndarray], k, recall_at, resamples, seed):
+def _bootstrap(ranks: Sequence[QueryRanks], k, recall_at, resamples, seed, ties="expected"):
     draws: dict[str, list[np.ndarray]] = {}
     n = ranks[0].size
-    resamplers = [_resampler(r, k, recall_at) for r in ranks]
+    resamplers = [_resampler(r, k, recall_at, ties) for r in ranks]
     for idx in bootstrap_indices(n, resamples, seed):
         # How often each query was drawn, per resample: one bincount for the whole chunk.
         offsets = np.arange(idx.shape[0])[:, None] * n
@@ -173,15 +274,16 @@ def _bootstrap(ranks: Sequence[np.ndarray], k, recall_at, resamples, seed):
 
 
 def bootstrap_intervals(
-    ranks: np.ndarray,
+    ranks: QueryRanks | np.ndarray,
     k: int,
     recall_at: Sequence[int],
     resamples: int,
     seed: int,
     level: float = 0.95,
+    ties: str = "expected",
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of every metric, resampling queries."""
-    draws = _bootstrap([np.asarray(ranks)], k, recall_at, resamples, seed)
+    draws = _bootstrap([QueryRanks.of(ranks)], k, recall_at, resamples, seed, ties)
     tail = (1 - level) / 2 * 100
     return {
         name: tuple(float(q) for q in np.percentile(d, [tail, 100 - tail]))
@@ -190,21 +292,23 @@ def bootstrap_intervals(
 
 
 def paired_bootstrap(
-    ranks_a: np.ndarray,
-    ranks_b: np.ndarray,
+    ranks_a: QueryRanks | np.ndarray,
+    ranks_b: QueryRanks | np.ndarray,
     k: int,
     recall_at: Sequence[int],
     resamples: int,
     seed: int,
     level: float = 0.95,
+    ties: str = "expected",
 ) -> dict[str, dict[str, float]]:
     """Difference a − b of every metric on the same resampled queries, with its interval and a
     two-sided bootstrap p-value (twice the smaller share of resampled differences ≤ 0 or ≥ 0)."""
-    ranks_a, ranks_b = np.asarray(ranks_a), np.asarray(ranks_b)
-    if ranks_a.shape != ranks_b.shape:
+    ranks_a, ranks_b = QueryRanks.of(ranks_a), QueryRanks.of(ranks_b)
+    if ranks_a.greater.shape != ranks_b.greater.shape:
         raise ValueError("paired bootstrap needs both models' ranks on the same queries")
-    observed_a, observed_b = summarize(ranks_a, k, recall_at), summarize(ranks_b, k, recall_at)
-    draws = _bootstrap([ranks_a, ranks_b], k, recall_at, resamples, seed)
+    observed_a = summarize(ranks_a, k, recall_at, ties)
+    observed_b = summarize(ranks_b, k, recall_at, ties)
+    draws = _bootstrap([ranks_a, ranks_b], k, recall_at, resamples, seed, ties)
     tail = (1 - level) / 2 * 100
     out = {}
     for name, d in draws.items():
@@ -218,3 +322,15 @@ def paired_bootstrap(
             "significant": bool(lo > 0 or hi < 0),
         }
     return out
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error
+    rate under any dependence): the i-th smallest becomes max over j ≤ i of min(1, (m − j + 1)
+    p_(j)), in the input's order."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (p.size - np.arange(p.size)) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted

@@ -18,8 +18,9 @@ import jinja2
 import polars as pl
 
 from clipbench import charts
-from clipbench.arrow_io import atomic_path, read_metadata, read_table
+from clipbench.arrow_io import atomic_path, read_metadata, read_table, write_table
 from clipbench.images import decode_image
+from clipbench.stages.scores import compared_metrics
 
 TEMPLATES = Path(__file__).with_name("templates")
 DIRECTION_TITLES = {
@@ -86,6 +87,9 @@ def metric_tables(metrics: pl.DataFrame, k: int) -> list[dict[str, Any]]:
                 )
             rows.append({"model": model, "cells": cells})
         chance = [fmt(v, m) for v, m in zip(part.head(len(names))["chance"], names, strict=True)]
+        per_model = part.group_by("model", maintain_order=True).agg(
+            pl.col("queries_with_ties").first()
+        )
         tables.append(
             {
                 "title": title,
@@ -94,12 +98,12 @@ def metric_tables(metrics: pl.DataFrame, k: int) -> list[dict[str, Any]]:
                 "chance": chance,
                 "n_queries": int(part["n_queries"][0]),
                 "n_candidates": int(part["n_candidates"][0]),
+                "ties": part["ties"][0],
+                # Models with queries whose best positive ties with a non-positive: how many.
+                "tied": [{"model": m, "queries": n} for m, n in per_model.iter_rows() if n],
             }
         )
     return tables
-
-
-COMPARED = ("recall_at_1", "recall_at_5", "recall_at_10", "mrr")
 
 
 def difference_cell(row: dict[str, Any]) -> dict[str, Any]:
@@ -107,18 +111,23 @@ def difference_cell(row: dict[str, Any]) -> dict[str, Any]:
         "value": f"{row['difference']:+.3f}",
         "ci": f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]",
         "p": f"{row['p_value']:.3f}",
+        "p_holm": f"{row['p_holm']:.3f}",
         "significant": row["significant"],
     }
 
 
-def comparison_tables(comparisons: pl.DataFrame, k: int) -> list[dict[str, Any]]:
-    """Per direction: for each pair of models, the paired-bootstrap difference of key metrics."""
+def comparison_tables(
+    comparisons: pl.DataFrame, k: int, recall_at: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Per direction: for each pair of models, the paired-bootstrap difference of the metrics
+    tested as one family (each R@k and MRR), significance on the Holm-adjusted p-value."""
+    compared = compared_metrics(recall_at)
     tables = []
     for direction, title in DIRECTION_TITLES.items():
         part = comparisons.filter(
-            pl.col("direction") == direction, pl.col("metric").is_in(COMPARED)
+            pl.col("direction") == direction, pl.col("metric").is_in(compared)
         )
-        names = [m for m in COMPARED if m in part["metric"].to_list()]
+        names = [m for m in compared if m in part["metric"].to_list()]
         rows = []
         for (a, b), group in part.group_by("model_a", "model_b", maintain_order=True):
             by_metric = {r["metric"]: r for r in group.iter_rows(named=True)}
@@ -239,12 +248,35 @@ def robustness_metric(k: int, recall_at: Sequence[int]) -> str:
     return f"recall_at_{k if k in recall_at else max(recall_at)}"
 
 
+def reference_rows(references: pl.DataFrame) -> list[dict[str, Any]]:
+    """Published figures beside ours: the difference and whether it is within tolerance."""
+    rows = []
+    for row in references.iter_rows(named=True):
+        metric = row["metric"]
+        rows.append(
+            {
+                **row,
+                "direction_label": DIRECTION_TITLES[row["direction"]].split(" (")[0],
+                "label": metric_label(metric, 0).replace("hits@0", "hits@K"),
+                "published_text": fmt(row["published"], metric),
+                "ours_text": fmt(row["ours"], metric),
+                "ci": f"[{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}]",
+                "difference_text": f"{row['difference']:+.3f}"
+                if metric not in ("hits_at_k", "weighted_score")
+                else f"{row['difference']:+.0f}",
+                "tolerance_text": fmt(row["tolerance"], metric),
+            }
+        )
+    return rows
+
+
 def build_report(
     dataset_name: str,
     dataset_path: str,
     models: Sequence[str],
     metrics_paths: Sequence[str],
     comparisons_path: str,
+    references_path: str,
     hist_paths: Sequence[str],
     kde_paths: Sequence[str],
     rank_paths: Sequence[str],
@@ -282,7 +314,11 @@ def build_report(
         skipped_note=skipped_rows_note(dataset_meta),
         k=k,
         metric_tables=metric_tables(metrics, k),
-        comparison_tables=comparison_tables(pl.from_arrow(read_table(comparisons_path)), k),
+        comparison_tables=comparison_tables(
+            pl.from_arrow(read_table(comparisons_path)), k, recall_at
+        ),
+        family=read_metadata(comparisons_path).get("family"),
+        references=reference_rows(pl.from_arrow(read_table(references_path))),
         bootstrap=read_metadata(metrics_paths[0])["bootstrap"],
         galleries=galleries(stack(query_paths, models), dataset_path, models, thumb_px),
         models=[
@@ -313,8 +349,24 @@ def build_summary(
     figures: Sequence[str],
     k: int,
     recall_at: Sequence[int],
+    references_paths: Sequence[str] = (),
+    out_references: str | None = None,
 ) -> None:
-    """All datasets × models on one page; ``metrics_paths[i]`` are dataset i's, in model order."""
+    """All datasets × models on one page; ``metrics_paths[i]`` are dataset i's, in model order.
+    ``references_paths``: each dataset's published-figure checks, gathered into
+    ``out_references`` (with a ``dataset`` column) and counted on the page."""
+    checks = [
+        pl.from_arrow(read_table(p)).with_columns(pl.lit(d).alias("dataset"))
+        for d, p in zip(datasets, references_paths, strict=True)
+    ]
+    references = pl.concat(checks, how="diagonal_relaxed") if checks else None
+    if out_references is not None and references is not None:
+        reproduced = int(references["reproduced"].sum())
+        write_table(
+            references.to_arrow(),
+            out_references,
+            {"figures": references.height, "reproduced": reproduced},
+        )
     metrics = pl.concat(
         [
             stack(paths, models).with_columns(pl.lit(d).alias("dataset"))
@@ -356,4 +408,5 @@ def build_summary(
         datasets=list(datasets),
         header=[metric_label(m, k) for m in shown],
         rows=rows,
+        references=[] if references is None else reference_rows(references),
     )

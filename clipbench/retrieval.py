@@ -4,11 +4,12 @@ A *query* (a caption for text→image, an image for image→text) has one or mor
 candidates: a caption's own image; an image's own captions. Queries and candidates carry a
 group id (the image index) and a candidate is positive for a query when the groups match.
 
-Rank of a query = 1 + the number of non-positive candidates scoring greater than **or equal
-to** its best positive (pessimistic ties). A model that gives every candidate the same score
-therefore ranks every query last instead of collecting hits by luck. Top-K lists order by
-score, then put positives after non-positives of equal score, then candidate order, so "a
-positive is in the top-K list" and "rank ≤ K" always agree.
+Each query's best positive is placed by three counts: non-positives scoring above it, those
+scoring the same (``ties``), and the positives at its score (``tied_positives``); the metrics
+take ties from there (:mod:`clipbench.metrics`: expected over tied orders by default). The
+``rank`` kept per query counts the tied non-positives as above it (pessimistic), as the top-K
+lists order: by score, then positives after non-positives of equal score, then candidate
+order, so "a positive is in the top-K list" and "rank ≤ K" always agree.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipbench.errors import InputError
+from clipbench.metrics import QueryRanks
 
 if TYPE_CHECKING:
     import torch
@@ -80,21 +82,37 @@ def topk(
     return out
 
 
-def ranks_from_scores(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Reference (dense, unblocked) rank per row, same tie rule; ``positive`` is a mask."""
+def placement_from_scores(scores: np.ndarray, positive: np.ndarray) -> QueryRanks:
+    """Reference (dense, unblocked) placement of each row's best positive; ``positive`` is a
+    mask."""
     scores = np.asarray(scores)
-    best = np.where(positive, scores, -np.inf).max(axis=1)
-    return 1 + ((scores >= best[:, None]) & ~positive).sum(axis=1)
+    best = np.where(positive, scores, -np.inf).max(axis=1)[:, None]
+    return QueryRanks(
+        ((scores > best) & ~positive).sum(axis=1),
+        ((scores == best) & ~positive).sum(axis=1),
+        ((scores == best) & positive).sum(axis=1),
+    )
+
+
+def ranks_from_scores(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Reference rank per row, tied non-positives counted above (the top-K lists' order)."""
+    return placement_from_scores(scores, positive).rank("pessimistic").astype(np.int64)
 
 
 @dataclass(frozen=True)
 class RetrievalResult:
     """Per-query results of a whole retrieval run (no score matrix kept)."""
 
-    rank: np.ndarray  # (n_queries,) int64, 1 = best
+    rank: np.ndarray  # (n_queries,) int64, 1 = best, tied non-positives counted above
     positive_score: np.ndarray  # (n_queries,) float32, the best positive's score
     topk_index: np.ndarray  # (n_queries, k) int64 indices into the candidates
     topk_score: np.ndarray  # (n_queries, k) float32
+    ties: np.ndarray  # (n_queries,) int64, non-positives scoring the same as the best positive
+    tied_positives: np.ndarray  # (n_queries,) int64, positives at that score (≥ 1)
+
+    @property
+    def placement(self) -> QueryRanks:
+        return QueryRanks.from_columns(self.rank, self.ties, self.tied_positives)
 
 
 class RunningTopK:
@@ -152,13 +170,16 @@ COMPILE_TILES = 1000
 
 def tile_stats(scores, floor_rows, floor_cols):
     """One pass over a score tile: per row and per column, how many entries reach the floor
-    (the query's positive score, for its rank), and the largest entry (whether anything can
-    enter its top-K list)."""
+    (the query's positive score) and how many pass it (the two give its rank and its ties),
+    and the largest entry (whether anything can enter its top-K list)."""
     import torch
 
+    rows, cols = floor_rows[:, None], floor_cols[None, :]
     return (
-        (scores >= floor_rows[:, None]).sum(1, dtype=torch.int32),
-        (scores >= floor_cols[None, :]).sum(0, dtype=torch.int32),
+        (scores >= rows).sum(1, dtype=torch.int32),
+        (scores >= cols).sum(0, dtype=torch.int32),
+        (scores > rows).sum(1, dtype=torch.int32),
+        (scores > cols).sum(0, dtype=torch.int32),
         scores.amax(1),
         scores.amax(0),
     )
@@ -237,12 +258,15 @@ def retrieve_dense(
     out = []
     for s, mask in ((scores, positive), (np.ascontiguousarray(scores.T), positive.T)):
         top = topk(s, k, mask)
+        placement = placement_from_scores(s, mask)
         out.append(
             RetrievalResult(
-                ranks_from_scores(s, mask),
+                placement.rank("pessimistic").astype(np.int64),
                 np.where(mask, s, -np.inf).max(axis=1).astype(np.float32),
                 top,
                 np.take_along_axis(s, top, 1),
+                placement.tied.astype(np.int64),
+                placement.positives.astype(np.int64),
             )
         )
     return out[0], out[1]
@@ -306,6 +330,8 @@ def retrieve_both(
     best = torch.full((n_images,), -torch.inf, dtype=torch.float32, device=where)
     count_t = torch.zeros(n_texts, dtype=torch.int64, device=where)  # ≥ the positive score
     count_i = torch.zeros(n_images, dtype=torch.int64, device=where)  # ≥ the best positive
+    above_t = torch.zeros(n_texts, dtype=torch.int64, device=where)  # > the positive score
+    above_i = torch.zeros(n_images, dtype=torch.int64, device=where)  # > the best positive
     top_t, top_i = RunningTopK(n_texts, k), RunningTopK(n_images, k)
 
     def visit(a: int, b: int) -> None:
@@ -319,9 +345,13 @@ def retrieve_both(
             local_t = own_t[rows] - cols.start
             positive_score[rows] = scores[torch.arange(n_rows, device=where), local_t]
             best.scatter_reduce_(0, own_t[rows], positive_score[rows], "amax")
-        rank_rows, rank_cols, max_rows, max_cols = stats(scores, positive_score[rows], best[cols])
-        count_t[rows] += rank_rows
-        count_i[cols] += rank_cols
+        reach_rows, reach_cols, pass_rows, pass_cols, max_rows, max_cols = stats(
+            scores, positive_score[rows], best[cols]
+        )
+        count_t[rows] += reach_rows
+        count_i[cols] += reach_cols
+        above_t[rows] += pass_rows
+        above_i[cols] += pass_cols
         floor = _top_floor(scores, top_t.threshold(rows), k, dim=0)
         r, c, v = _entries(scores, floor, max_rows, dim=0)
         top_t.offer(r + rows.start, c + cols.start, v, (a == b) & (local[r] == c))
@@ -341,18 +371,25 @@ def retrieve_both(
     best_np = best.cpu().numpy()
     # Counts include the positives reaching the threshold: a caption's own (always), an
     # image's own captions at or above its best.
-    own_at_best = np.bincount(own, weights=positive_np >= best_np[own], minlength=n_images)
+    own_at_best = np.bincount(own, weights=positive_np >= best_np[own], minlength=n_images).astype(
+        np.int64
+    )
     restore = np.argsort(order)
+    count_t_np, count_i_np = count_t.cpu().numpy()[restore], count_i.cpu().numpy()
     t2i = RetrievalResult(
-        count_t.cpu().numpy()[restore],
+        count_t_np,
         positive_np[restore],
         top_t.index[restore],
         top_t.score[restore],
+        count_t_np - 1 - above_t.cpu().numpy()[restore],  # less its own image
+        np.ones(n_texts, np.int64),
     )
     i2t = RetrievalResult(
-        1 + count_i.cpu().numpy() - own_at_best.astype(np.int64),
+        1 + count_i_np - own_at_best,
         best_np,
         top_i.index,
         top_i.score,
+        count_i_np - own_at_best - above_i.cpu().numpy(),  # no positive passes the best
+        own_at_best,
     )
     return t2i, i2t

@@ -14,6 +14,7 @@ os.environ.update(
 sys.path.insert(0, workflow.basedir)
 from clipbench.config_checks import config_problems
 from clipbench.views import view_name
+from clipbench.webdataset import expand_braces
 
 # Beyond the schema: a key repeated in a config file (the loader keeps the last one silently)
 # and names equal but for case (they share paths on case-insensitive filesystems).
@@ -53,7 +54,11 @@ wildcard_constraints:
 
 def dataset_files(wildcards):
     source = config["datasets"][wildcards.dataset]["source"]
-    return [source[key] for key in DATASET_FILE_KEYS if key in source]
+    files = [source[key] for key in DATASET_FILE_KEYS if key in source]
+    shards = source.get("webdataset", {})
+    if "shards" in shards and "hub" not in shards:  # local shards are inputs too
+        files += expand_braces(shards["shards"])
+    return files
 
 
 def canonical(value):
@@ -61,8 +66,18 @@ def canonical(value):
     return json.dumps(value, sort_keys=True)
 
 
+def unreferenced(entry):
+    """A dataset or model entry less its `reference` key, which only says what its results
+    should reproduce: naming one must never rerun the jobs that compute them."""
+    return {key: value for key, value in entry.items() if key != "reference"}
+
+
+def dataset_param(wildcards):
+    return canonical(unreferenced(config["datasets"][wildcards.dataset]))
+
+
 def model_spec(wildcards):
-    return config["models"][wildcards.model]
+    return unreferenced(config["models"][wildcards.model])
 
 
 def view_geometry_param(wildcards):
@@ -94,6 +109,14 @@ def model_pixels(wildcards):
     """The dataset's shared decoded images for this model's view (none: it decodes itself)."""
     view = VIEWS[wildcards.model]
     return [] if view is None else f"results/{wildcards.dataset}/pixels/{view}.arrow"
+
+
+def reference_tables():
+    """The shipped table of published figures, then the config's own (later rows win)."""
+    return [
+        f"{workflow.basedir}/references/retrieval.csv",
+        *config["references"]["tables"],
+    ]
 
 
 def per_model(pattern):

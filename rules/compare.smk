@@ -14,6 +14,7 @@ rule compare:
         models=MODELS,
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],
+        ties=config["retrieval"]["ties"],
         bootstrap=canonical(config["retrieval"]["bootstrap"]),
     script:
         "../scripts/compare.py"

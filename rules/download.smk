@@ -11,6 +11,6 @@ rule download:
     conda:
         "../envs/clipbench.yaml"
     params:
-        cfg=lambda wildcards: canonical(config["datasets"][wildcards.dataset]),
+        cfg=dataset_param,
     script:
         "../scripts/download.py"

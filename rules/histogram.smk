@@ -19,5 +19,6 @@ rule histogram:
         range=config["histogram"]["range"],
         max_pairs=config["histogram"]["non_matched_pairs"],
         seed=config["histogram"]["seed"],
+        ties=config["retrieval"]["ties"],
     script:
         "../scripts/histogram.py"

@@ -16,6 +16,7 @@ rule hits:
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],
         tile_scores=config["retrieval"]["tile_scores"],
+        ties=config["retrieval"]["ties"],
         bootstrap=canonical(config["retrieval"]["bootstrap"]),
     script:
         "../scripts/hits.py"

@@ -12,6 +12,7 @@ rule report:
         dataset="results/{dataset}/dataset.arrow",
         metrics=per_model("results/{dataset}/metrics/{model}.arrow"),
         comparisons="results/{dataset}/comparisons.arrow",
+        references="results/{dataset}/references.arrow",
         histograms=per_model("results/{dataset}/histograms/{model}.arrow"),
         kdes=per_model("results/{dataset}/histograms/{model}.kde.arrow"),
         ranks=per_model("results/{dataset}/histograms/{model}.ranks.arrow"),
@@ -61,12 +62,14 @@ rule robustness_figures:
 
 rule summary:
     input:
-        [
+        metrics=[
             expand("results/{dataset}/metrics/{model}.arrow", dataset=d, model=MODELS)
             for d in DATASETS
         ],
+        references=expand("results/{dataset}/references.arrow", dataset=DATASETS),
     output:
         html="results/report.html",
+        references="results/references.arrow",
         figures=expand("results/figures/datasets_overview.{ext}", ext=["png", "svg"]),
     log:
         "logs/summary.log",

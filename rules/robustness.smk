@@ -25,5 +25,6 @@ rule robustness:
         robustness=canonical(config["robustness"]),
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],
+        ties=config["retrieval"]["ties"],
     script:
         "../scripts/robustness.py"

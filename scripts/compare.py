@@ -12,4 +12,5 @@ with job_log(snakemake.log[0]):
         recall_at=list(snakemake.params.recall_at),
         bootstrap=json.loads(snakemake.params.bootstrap),
         out_path=snakemake.output[0],
+        ties=snakemake.params.ties,
     )

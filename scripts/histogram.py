@@ -16,4 +16,5 @@ with job_log(snakemake.log[0]):
         out_hist=snakemake.output.histogram,
         out_kde=snakemake.output.kde,
         out_ranks=snakemake.output.ranks,
+        ties=snakemake.params.ties,
     )

@@ -14,4 +14,5 @@ with job_log(snakemake.log[0]):
         out_i2t=snakemake.output.i2t,
         out_metrics=snakemake.output.metrics,
         tile_scores=snakemake.params.tile_scores,
+        ties=snakemake.params.ties,
     )

@@ -8,6 +8,7 @@ with job_log(snakemake.log[0]):
         models=list(snakemake.params.models),
         metrics_paths=list(snakemake.input.metrics),
         comparisons_path=snakemake.input.comparisons,
+        references_path=snakemake.input.references,
         hist_paths=list(snakemake.input.histograms),
         kde_paths=list(snakemake.input.kdes),
         rank_paths=list(snakemake.input.ranks),

@@ -23,4 +23,5 @@ with job_log(snakemake.log[0]) as progress:
         out_path=snakemake.output[0],
         threads=snakemake.threads,
         progress=progress,
+        ties=snakemake.params.ties,
     )

@@ -89,3 +89,23 @@ def demo(tmp_path_factory) -> Path:
     root = workflow_copy(tmp_path_factory.mktemp("demo"))
     snakemake(root, *DEMO)
     return root
+
+
+def offline_python(script: str, argument: str, cache: Path) -> dict:
+    """``script`` run in a fresh process with the hub client offline on the HF cache
+    ``cache`` (the same hub calls as online, answered from it); its last line, as JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, argument],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.getcwd(),
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])

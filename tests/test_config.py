@@ -226,8 +226,8 @@ def test_config_problems_name_the_file_the_line_and_the_key(tmp_path):
     [
         (
             "  tiny-rn:\n",
-            # the demo config's tiny-rn is at line 16, the model after it at line 21
-            r"dup\.yaml, line 21: key 'tiny-rn' appears twice under 'models' \(first at line 16\)",
+            # the demo config's tiny-rn is at line 17, the model after it at line 22
+            r"dup\.yaml, line 22: key 'tiny-rn' appears twice under 'models' \(first at line 17\)",
         ),
         ("  TINY-rn:\n", "models 'tiny-rn' and 'TINY-rn' differ only in case"),
     ],

@@ -7,7 +7,7 @@ from PIL import Image
 from clipbench.dataset import canonical_tables, file_sha256, load_dataset
 from clipbench.demo import demo_rows, write_demo_parquet
 from clipbench.errors import InputError
-from tests.conftest import png_bytes
+from tests.conftest import offline_python, png_bytes
 
 
 @pytest.fixture
@@ -194,20 +194,8 @@ except InputError as exc:
 
 def run_hub(cfg_, cache):
     import json
-    import os
-    import subprocess
-    import sys
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    done = subprocess.run(
-        [sys.executable, "-c", HUB_SCRIPT, json.dumps(cfg_)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.getcwd(),
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return offline_python(HUB_SCRIPT, json.dumps(cfg_), cache)
 
 
 def test_hub_source_reads_pinned_file_from_the_hf_cache(tmp_path, hf_parquet):

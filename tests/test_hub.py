@@ -106,8 +106,8 @@ from clipbench.dataset import read_source
 from clipbench.errors import InputError
 source, retry = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 try:
-    table, info = read_source(source, "train", retry)
-    print(json.dumps({"rows": table.num_rows, "info": info}))
+    batches, info = read_source(source, "train", retry)
+    print(json.dumps({"rows": sum(b.num_rows for b in batches), "info": info}))
 except InputError as exc:
     print(json.dumps({"error": str(exc)}))
 """

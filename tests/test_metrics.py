@@ -5,11 +5,15 @@ import numpy as np
 import pytest
 
 from clipbench.metrics import (
+    QueryRanks,
+    all_tied,
     bootstrap_intervals,
     chance_metrics,
     first_positive_pmf,
+    holm,
     metric_names,
     paired_bootstrap,
+    rank_distribution,
     summarize,
 )
 
@@ -97,7 +101,10 @@ def test_bootstrap_from_draw_counts_equals_summarizing_the_drawn_ranks(n, block,
     from clipbench.metrics import _bootstrap, bootstrap_indices, summarize
 
     monkeypatch.setattr(metrics, "MEDIAN_BLOCK", block)
-    ranks = np.random.default_rng(n).integers(1, 30, size=n)
+    rng = np.random.default_rng(n)
+    ranks = QueryRanks(
+        rng.integers(0, 30, n), rng.integers(0, 4, n) * (rng.random(n) < 0.3), rng.integers(1, 3, n)
+    )
     got = _bootstrap([ranks], 5, [1, 5, 10], 120, seed=3)
     want: dict[str, list] = {}
     for idx in bootstrap_indices(n, 120, seed=3):
@@ -105,3 +112,79 @@ def test_bootstrap_from_draw_counts_equals_summarizing_the_drawn_ranks(n, block,
             want.setdefault(name, []).append(value)
     for name, values in want.items():
         np.testing.assert_allclose(got[name], np.concatenate(values), rtol=1e-12, err_msg=name)
+
+
+def one(greater, tied, positives) -> QueryRanks:
+    return QueryRanks(np.array([greater]), np.array([tied]), np.array([positives]))
+
+
+def test_tie_aware_metrics_hand_computed_across_the_top_k_boundary():
+    """One non-positive above, two tied with the single positive: it lands at 2, 3 or 4 with
+    probability 1/3 each, across K = 2."""
+    m = summarize(one(1, 2, 1), k=2, recall_at=[1, 2, 3, 5])
+    assert m["recall_at_1"] == 0 and m["recall_at_5"] == 1
+    assert m["recall_at_2"] == pytest.approx(1 / 3) and m["recall_at_3"] == pytest.approx(2 / 3)
+    assert m["hits_at_k"] == pytest.approx(1 / 3)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+    assert m["mean_rank"] == pytest.approx(3.0) and m["median_rank"] == pytest.approx(3.0)
+    assert m["weighted_score"] == pytest.approx(1 / 3)  # 1 point at rank 2, none below
+    pessimistic = summarize(one(1, 2, 1), 2, [1, 2, 3, 5], ties="pessimistic")
+    optimistic = summarize(one(1, 2, 1), 2, [1, 2, 3, 5], ties="optimistic")
+    assert pessimistic["mean_rank"] == 4 and pessimistic["recall_at_3"] == 0
+    assert optimistic["mean_rank"] == 2 and optimistic["recall_at_2"] == 1
+
+
+def test_tie_aware_metrics_with_several_tied_positives():
+    """Two positives and two non-positives all tied at the top: the first positive is first
+    with p 2/4, second with 2/4 · 2/3, third with 2/4 · 1/3."""
+    m = summarize(one(0, 2, 2), k=1, recall_at=[1, 2, 3])
+    assert m["recall_at_1"] == pytest.approx(1 / 2)
+    assert m["recall_at_2"] == pytest.approx(5 / 6)
+    assert m["recall_at_3"] == 1
+    assert m["mrr"] == pytest.approx(1 / 2 + 1 / 3 / 2 + 1 / 6 / 3)
+    assert m["mean_rank"] == pytest.approx(5 / 3)
+    # Against enumerating every order of the four tied candidates.
+    places = [
+        min(o.index("p1"), o.index("p2")) + 1
+        for o in itertools.permutations(["p1", "p2", "n1", "n2"])
+    ]
+    assert m["mrr"] == pytest.approx(np.mean([1 / r for r in places]))
+    assert m["recall_at_2"] == pytest.approx(np.mean([r <= 2 for r in places]))
+
+
+def test_untied_placements_are_plain_ranks():
+    ranks = np.array([1, 2, 6, 11])
+    for ties in ("expected", "pessimistic", "optimistic"):
+        assert summarize(ranks, 5, [1, 5], ties) == summarize(QueryRanks.of(ranks), 5, [1, 5], ties)
+    with pytest.raises(Exception, match="retrieval.ties"):
+        summarize(ranks, 5, [1], ties="random")
+
+
+def test_a_model_tying_everything_sits_exactly_at_chance():
+    n_positives = np.array([1, 2, 5, 5, 3])
+    value = summarize(all_tied(12, n_positives), 5, [1, 5, 10])
+    assert {k: float(v) for k, v in value.items()} == chance_metrics(12, n_positives, 5, [1, 5, 10])
+    # …and chance itself is the uniform-random expectation, computed independently.
+    for m, n in ((1, 12), (5, 12)):
+        single = chance_metrics(n, np.array([m]), 5, [1, 5, 10])
+        assert single["recall_at_5"] == pytest.approx(1 - math.comb(n - m, 5) / math.comb(n, 5))
+        assert single["mean_rank"] == pytest.approx((n + 1) / (m + 1))
+
+
+def test_rank_distribution_spreads_tied_queries_and_adds_up_to_recall():
+    ranks = QueryRanks(np.array([0, 1, 0, 3]), np.array([0, 2, 3, 0]), np.array([1, 1, 2, 1]))
+    values, counts = rank_distribution(ranks)
+    assert counts.sum() == pytest.approx(4)
+    m = summarize(ranks, 2, [1, 2, 3, 4])
+    for cutoff in (1, 2, 3, 4):
+        assert counts[values <= cutoff].sum() / 4 == pytest.approx(m[f"recall_at_{cutoff}"])
+    values, counts = rank_distribution(ranks, "pessimistic")
+    assert values.tolist() == [1, 4] and counts.tolist() == [1, 3]
+
+
+def test_holm_hand_worked():
+    # Sorted 0.005, 0.01, 0.03, 0.04 → × 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 → running max.
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+    assert holm([]).size == 0

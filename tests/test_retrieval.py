@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from clipbench.errors import InputError
-from clipbench.retrieval import ranks_from_scores, retrieve_both, topk
+from clipbench.metrics import all_tied
+from clipbench.retrieval import placement_from_scores, ranks_from_scores, retrieve_both, topk
 
 
 def unit(m):
@@ -44,11 +45,14 @@ def test_image_to_text_with_several_captions_hand_computed():
     )
     mask = np.arange(2)[:, None] == caption_image[None, :]
     assert ranks_from_scores(scores, mask).tolist() == [3, 1]
+    placement = placement_from_scores(scores, mask)  # one above image 0's best, one tied
+    assert placement.greater.tolist() == [1, 0] and placement.tied.tolist() == [1, 0]
+    assert placement.positives.tolist() == [1, 1]
     # Own captions go after others of equal score, so caption 3 precedes caption 1.
     assert topk(scores, 3, mask).tolist() == [[2, 3, 1], [3, 4, 0]]
     # The same through the tiled pass: rows of `scores` are images, so images = I, texts = Sᵀ.
     t2i, i2t = retrieve_both(scores.T.copy(), np.eye(2, dtype=np.float32), caption_image, k=2)
-    assert i2t.rank.tolist() == [3, 1]
+    assert i2t.rank.tolist() == [3, 1] and i2t.ties.tolist() == [1, 0]
     assert i2t.topk_index.tolist() == [[2, 3], [3, 4]]
     np.testing.assert_allclose(i2t.positive_score, [0.7, 0.6])
     np.testing.assert_allclose(t2i.positive_score, [0.2, 0.7, 0.1, 0.6, 0.5])
@@ -78,7 +82,10 @@ def dense_reference(texts, images, caption_image, k):
     for s, mask in ((scores, t2i_mask), (scores.T.copy(), t2i_mask.T.copy())):
         idx = topk(s, k, mask)
         best = np.where(mask, s, -np.inf).max(axis=1)
-        results.append((ranks_from_scores(s, mask), best, idx, np.take_along_axis(s, idx, 1)))
+        place = placement_from_scores(s, mask)
+        results.append(
+            (ranks_from_scores(s, mask), best, idx, np.take_along_axis(s, idx, 1), place)
+        )
     return results
 
 
@@ -98,10 +105,13 @@ def test_tiled_single_pass_equals_dense_reference(tile_scores, ties):
     caption_image[:3] = 0
     caption_image[3 + rng.permutation(50)[:28]] = np.arange(1, 29)  # every image has a caption
     got = retrieve_both(texts, images, caption_image, 5, tile_scores=tile_scores)
-    for result, (rank, best, idx, top_score) in zip(
+    for result, (rank, best, idx, top_score, place) in zip(
         got, dense_reference(texts, images, caption_image, 5), strict=True
     ):
         np.testing.assert_array_equal(result.rank, rank)
+        np.testing.assert_array_equal(result.ties, place.tied)
+        np.testing.assert_array_equal(result.tied_positives, place.positives)
+        assert (result.ties > 0).any() == ties
         np.testing.assert_array_equal(result.topk_index, idx)
         np.testing.assert_allclose(result.positive_score, best, rtol=0, atol=1e-6)
         np.testing.assert_allclose(result.topk_score, top_score, rtol=0, atol=1e-6)
@@ -115,6 +125,25 @@ def test_a_constant_model_ranks_every_query_last():
     assert i2t.rank.tolist() == [5] * 3  # 4 other captions tie with the best own one
     assert t2i.topk_index.tolist() == [[1, 2], [1, 2], [0, 2], [0, 2], [0, 1], [0, 1]]
     assert i2t.topk_index.tolist() == [[2, 3], [0, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("tile_scores", [2, 1 << 22])
+def test_a_constant_model_is_placed_all_tied(tile_scores):
+    """Every candidate tied with every positive: the placement whose expected metrics are the
+    chance levels (clipbench.metrics.chance_metrics)."""
+    texts, images = np.ones((7, 4), np.float32), np.ones((3, 4), np.float32)
+    caption_image = np.array([0, 0, 1, 1, 1, 2, 2])
+    t2i, i2t = retrieve_both(texts, images, caption_image, 2, tile_scores=tile_scores)
+    for result, want in (
+        (t2i, all_tied(3, np.ones(7, np.int64))),
+        (i2t, all_tied(7, np.bincount(caption_image))),
+    ):
+        for got_counts, want_counts in zip(
+            (result.placement.greater, result.ties, result.tied_positives),
+            (want.greater, want.tied, want.positives),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got_counts, want_counts)
 
 
 @pytest.mark.parametrize("k", [0, -1, 5])
@@ -166,8 +195,9 @@ def test_compiled_tile_reductions_equal_the_eager_ones(monkeypatch, ties):
     texts = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)
     caption_image = np.arange(29)
     got = retrieve_both(texts, images, caption_image, 5, tile_scores=60)
-    for result, (rank, _, idx, _) in zip(
+    for result, (rank, _, idx, _, place) in zip(
         got, dense_reference(texts, images, caption_image, 5), strict=True
     ):
         np.testing.assert_array_equal(result.rank, rank)
+        np.testing.assert_array_equal(result.ties, place.tied)
         np.testing.assert_array_equal(result.topk_index, idx)

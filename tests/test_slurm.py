@@ -106,7 +106,7 @@ def test_demo_through_slurm(cluster, tmp_path):
     assert set(planned) == {
         *("demo_dataset", "demo_open_clip", "demo_torchvision", "demo_bert", "download"),
         *("pixels", "encode", "similarity", "hits", "histogram", "queries", "robustness"),
-        *("compare", "report", "robustness_figures", "summary"),
+        *("compare", "references", "report", "robustness_figures", "summary"),
     }
     page = (root / "results/demo/report.html").read_text()
     assert "vegaEmbed" in page and all(m in page for m in DEMO_MODELS)

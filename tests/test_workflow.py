@@ -34,6 +34,7 @@ def test_dry_run_of_the_default_config_lists_the_whole_dag(tmp_path):
         "pixels": 2,  # decoded once for the three CLIP models, once for the two ResNet baselines
         **per_model,
         "compare": 1,
+        "references": 1,
         "report": 1,
         "summary": 1,
         "all": 1,
@@ -143,6 +144,52 @@ def test_demo_comparisons_and_robustness(demo):
     assert not (demo / "results/demo-multi/robustness").exists()
 
 
+def test_demo_comparisons_are_holm_adjusted_as_one_family(demo):
+    comparisons = pl.read_ipc(demo / "results/demo/comparisons.arrow")
+    family = comparisons.filter(pl.col("in_family"))
+    pairs = len(DEMO_MODELS) * (len(DEMO_MODELS) - 1) // 2
+    assert family.height == 2 * pairs * 4  # R@1, R@5, R@10 and MRR in both directions
+    assert set(family["metric"]) == {"recall_at_1", "recall_at_5", "recall_at_10", "mrr"}
+    assert (family["p_holm"] >= family["p_value"]).all()
+    assert (family["significant"] == (family["p_holm"] < 0.05)).all()
+    assert read_metadata(demo / "results/demo/comparisons.arrow")["family"]["tests"] == 48
+    page = (demo / "results/demo/report.html").read_text()
+    assert "48 differences shown are tested as one family" in page and "Holm" in page
+
+
+def test_ties_are_counted_and_shown(demo):
+    """Identical demo captions tie in image → text: the hits tables count them per query, the
+    metrics say how many queries had ties, and the report says so."""
+    hits = pl.read_ipc(demo / "results/demo/hits/tiny-rn.i2t.arrow")
+    assert (hits["ties"] > 0).any() and (hits["tied_positives"] >= 1).all()
+    assert (hits["rank"] >= 1 + hits["ties"]).all()
+    metrics = pl.read_ipc(demo / "results/demo/metrics/tiny-rn.arrow")
+    i2t = metrics.filter(pl.col("direction") == "image_to_text")
+    assert (i2t["queries_with_ties"] == int((hits["ties"] > 0).sum())).all()
+    assert set(metrics["ties"]) == {"expected"}
+    page = (demo / "results/demo/report.html").read_text()
+    assert f"tiny-rn {int((hits['ties'] > 0).sum())} of 48" in page
+    assert "McSherry" in page
+
+
+def test_published_figures_are_checked_and_the_wrong_one_flagged(demo):
+    """tests/demo/references.csv holds one right figure and one deliberately wrong one."""
+    checks = pl.read_ipc(demo / "results/demo/references.arrow")
+    assert checks.height == 2 and set(checks["model"]) == {"tiny-vit-32"}
+    by_metric = {r["metric"]: r for r in checks.iter_rows(named=True)}
+    assert by_metric["recall_at_10"]["reproduced"]
+    wrong = by_metric["recall_at_1"]
+    assert not wrong["reproduced"] and wrong["published"] == 0.9
+    assert abs(wrong["difference"]) > wrong["tolerance"] >= 0.01
+    page = (demo / "results/demo/report.html").read_text()
+    assert "1 of 2" in page and page.count('<tr class="off"') == 1
+    assert pl.read_ipc(demo / "results/demo-multi/references.arrow").height == 0
+    summary = pl.read_ipc(demo / "results/references.arrow")
+    assert summary.height == 2 and set(summary["dataset"]) == {"demo"}
+    assert read_metadata(demo / "results/references.arrow")["reproduced"] == 1
+    assert "<b>1 of 2</b>" in (demo / "results/report.html").read_text()
+
+
 class _Resources(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
@@ -208,8 +255,9 @@ def test_every_rule_wrote_log_and_benchmark(demo):
         p.relative_to(demo / "benchmarks").with_suffix("")
         for p in (demo / "benchmarks").rglob("*.tsv")
     }
-    # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs, compare, report
-    per_dataset = 1 + 2 + 5 * len(DEMO_MODELS) + 2
+    # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs, compare,
+    # references, report
+    per_dataset = 1 + 2 + 5 * len(DEMO_MODELS) + 3
     robustness = len(DEMO_MODELS) + 1  # demo only: per model + figures
     demo_inputs = 6  # 2 parquets, 2 open_clip, resnet18, bert
     assert logs == marks
@@ -235,6 +283,7 @@ def test_config_change_reruns_only_that_model(demo, tmp_path):
         "robustness": 1,
         "robustness_figures": 1,
         "compare": 2,
+        "references": 2,
         "report": 2,
         "summary": 1,
         "all": 1,
@@ -264,7 +313,8 @@ def test_forcerun_of_one_model_reexecutes_only_its_jobs(demo):
         "queries/tiny-vit-32.arrow",
         "robustness/tiny-vit-32.arrow",
         "comparisons.arrow",
-    }  # the one aggregate over this dataset's models
+        "references.arrow",
+    }  # the aggregates over this dataset's models
 
 
 def bad_input_config(root: Path, checkpoints, parquet: Path, **dataset) -> Path:

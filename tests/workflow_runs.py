@@ -24,6 +24,7 @@ WORKFLOW_FILES = [
     "clipbench",
     "envs",
     "tests/demo",
+    "references",
 ]
 
 

@@ -8,8 +8,9 @@ import pyarrow as pa
 from clipbench.arrow_io import read_table, write_table
 from clipbench.embeddings import Embeddings
 from clipbench.histogram import histogram_table, kde_table, rank_cdf_table
+from clipbench.metrics import rank_distribution
 from clipbench.retrieval import TILE_SCORES
-from clipbench.stages.scores import DIRECTIONS
+from clipbench.stages.scores import DIRECTIONS, placement_of
 
 PAIR_CHUNK = 8192
 
@@ -49,6 +50,7 @@ def histogram(
     out_hist: str,
     out_kde: str,
     out_ranks: str,
+    ties: str = "expected",
 ) -> None:
     """Similarity distributions (matched vs non-matched pairs) and rank CDFs for one model."""
     emb = Embeddings(images_path, texts_path)
@@ -77,12 +79,12 @@ def histogram(
     write_table(
         pa.concat_tables(
             [
-                labelled(rank_cdf_table(read_table(p)["rank"].to_numpy()), "direction", d)
+                labelled(rank_cdf_table(*rank_distribution(placement_of(p), ties)), "direction", d)
                 for d, p in ranks
             ]
         ),
         out_ranks,
-        emb.provenance,
+        {**emb.provenance, "ties": ties},
     )
 
 

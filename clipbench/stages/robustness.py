@@ -17,12 +17,14 @@ from clipbench.robustness import add_pixel_noise, add_typos
 from clipbench.stages.encode import EncodeSettings, Session
 
 
-def recall_rows(text_emb, image_emb, caption_image, k, recall_at) -> list[tuple[str, str, float]]:
+def recall_rows(
+    text_emb, image_emb, caption_image, k, recall_at, ties="expected"
+) -> list[tuple[str, str, float]]:
     """(direction, metric, value) for hits@K and R@k in both directions."""
     t2i, i2t = retrieve_both(text_emb, image_emb, caption_image, k)
     rows = []
     for direction, result in (("text_to_image", t2i), ("image_to_text", i2t)):
-        summary = summarize(result.rank, k, recall_at)
+        summary = summarize(result.placement, k, recall_at, ties)
         for name in ("hits_at_k", *(f"recall_at_{r}" for r in recall_at)):
             rows.append((direction, name, float(summary[name])))
     return rows
@@ -42,6 +44,7 @@ def run_robustness(
     out_path: str,
     threads: int,
     progress: IO[str] | None = None,
+    ties: str = "expected",
 ) -> None:
     """Retrieval as seeded Gaussian pixel noise is added to the images, and as seeded
     character-level typos are added to the captions (the other side stays clean)."""
@@ -64,7 +67,7 @@ def run_robustness(
         )
         rows += [
             ("image_noise", float(sigma), *r)
-            for r in recall_rows(clean_texts, images, caption_image, k, recall_at)
+            for r in recall_rows(clean_texts, images, caption_image, k, recall_at, ties)
         ]
     head = None
     if spec.get("projection") == "ridge":  # refit exactly as encode did, on clean captions
@@ -85,7 +88,7 @@ def run_robustness(
             texts = caption_embeddings(head, session.text_features(noisy))
         rows += [
             ("caption_typos", float(rate), *r)
-            for r in recall_rows(texts, clean_images, caption_image, k, recall_at)
+            for r in recall_rows(texts, clean_images, caption_image, k, recall_at, ties)
         ]
     columns = list(zip(*rows, strict=True))
     table = pa.table(
@@ -103,6 +106,7 @@ def run_robustness(
             "model": model_name,
             "seed": seed,
             "k": k,
+            "ties": ties,
             "dataset": read_metadata(dataset_path).get("dataset"),
         },
     )

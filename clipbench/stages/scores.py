@@ -21,8 +21,10 @@ from clipbench.arrow_io import (
 )
 from clipbench.embeddings import Embeddings
 from clipbench.metrics import (
+    QueryRanks,
     bootstrap_intervals,
     chance_metrics,
+    holm,
     metric_names,
     paired_bootstrap,
     summarize,
@@ -31,6 +33,11 @@ from clipbench.retrieval import TILE_SCORES, RetrievalResult, topk
 
 log = logging.getLogger("clipbench")
 DIRECTIONS = ("text_to_image", "image_to_text")
+
+
+def compared_metrics(recall_at: Sequence[int]) -> list[str]:
+    """The metrics whose paired differences the report shows and tests as one family."""
+    return [*(f"recall_at_{r}" for r in recall_at), "mrr"]
 
 
 def similarity(
@@ -85,11 +92,15 @@ def _fixed_list(values: np.ndarray, kind: pa.DataType) -> pa.FixedSizeListArray:
 def per_query_table(
     result: RetrievalResult, k: int, candidate_ids: np.ndarray, candidate: str, **columns
 ) -> pa.Table:
-    """Per-query results: the id columns given, then rank, best positive score, hit, top-K."""
+    """Per-query results: the id columns given, then rank (tied non-positives counted above),
+    the ties with the best positive, its score, whether the top-K list holds a positive, and
+    the list."""
     return pa.table(
         {
             **columns,
             "rank": pa.array(result.rank, pa.int64()),
+            "ties": pa.array(result.ties, pa.int64()),
+            "tied_positives": pa.array(result.tied_positives, pa.int64()),
             "score": pa.array(result.positive_score, pa.float32()),
             "hit": pa.array(result.rank <= k),
             f"topk_{candidate}_ids": _fixed_list(candidate_ids[result.topk_index], pa.int64()),
@@ -101,31 +112,36 @@ def per_query_table(
 def metrics_table(
     model: str,
     direction: str,
-    rank: np.ndarray,
+    placement: QueryRanks,
     n_candidates: int,
     n_positives: np.ndarray,
     k: int,
     recall_at: Sequence[int],
     bootstrap: dict[str, Any],
+    ties: str = "expected",
 ) -> pa.Table:
-    """One row per metric: value, bootstrap interval, chance level."""
-    value = summarize(rank, k, recall_at)
+    """One row per metric: value, bootstrap interval, chance level, and how many queries had
+    a non-positive tied with their best positive."""
+    value = summarize(placement, k, recall_at, ties)
     ci = bootstrap_intervals(
-        rank, k, recall_at, bootstrap["resamples"], bootstrap["seed"], bootstrap["level"]
+        placement, k, recall_at, bootstrap["resamples"], bootstrap["seed"], bootstrap["level"], ties
     )
     chance = chance_metrics(n_candidates, n_positives, k, recall_at)
     names = metric_names(recall_at)
+    rows = len(names)
     return pa.table(
         {
-            "model": [model] * len(names),
-            "direction": [direction] * len(names),
+            "model": [model] * rows,
+            "direction": [direction] * rows,
             "metric": names,
             "value": [float(value[m]) for m in names],
             "ci_low": [ci[m][0] for m in names],
             "ci_high": [ci[m][1] for m in names],
             "chance": [chance[m] for m in names],
-            "n_queries": [int(rank.size)] * len(names),
-            "n_candidates": [n_candidates] * len(names),
+            "n_queries": [placement.size] * rows,
+            "n_candidates": [n_candidates] * rows,
+            "ties": [ties] * rows,
+            "queries_with_ties": [int((placement.tied > 0).sum())] * rows,
         }
     )
 
@@ -140,8 +156,10 @@ def hits(
     out_i2t: str,
     out_metrics: str,
     tile_scores: int = TILE_SCORES,
+    ties: str = "expected",
 ) -> None:
-    """Per-query ranks and top-K in both directions, and the metrics with intervals."""
+    """Per-query ranks and top-K in both directions, and the metrics with intervals; ``ties``:
+    how the metrics count non-positives tied with a best positive (clipbench.metrics)."""
     emb = Embeddings(images_path, texts_path)
     n_images, n_texts = emb.image_emb.shape[0], emb.text_emb.shape[0]
     captions_per_image = np.bincount(emb.caption_image, minlength=n_images)
@@ -149,7 +167,8 @@ def hits(
     provenance = {
         **emb.provenance,
         "k": k,
-        "tie_rule": "pessimistic: rank = 1 + #(non-positives with score >= best positive)",
+        "rank_rule": "rank = 1 + #(non-positives with score >= best positive)",
+        "ties": ties,
     }
     write_table(
         per_query_table(
@@ -180,15 +199,24 @@ def hits(
         metrics_table(
             model,
             "text_to_image",
-            t2i.rank,
+            t2i.placement,
             n_images,
             np.ones(n_texts, np.int64),
             k,
             recall_at,
             bootstrap,
+            ties,
         ),
         metrics_table(
-            model, "image_to_text", i2t.rank, n_texts, captions_per_image, k, recall_at, bootstrap
+            model,
+            "image_to_text",
+            i2t.placement,
+            n_texts,
+            captions_per_image,
+            k,
+            recall_at,
+            bootstrap,
+            ties,
         ),
     ]
     write_table(pa.concat_tables(tables), out_metrics, {**provenance, "bootstrap": bootstrap})
@@ -203,10 +231,11 @@ def compare(
     recall_at: Sequence[int],
     bootstrap: dict[str, Any],
     out_path: str,
+    ties: str = "expected",
 ) -> None:
     """Paired bootstrap of every metric's difference between every pair of models."""
     ranks = {
-        direction: {m: read_table(p)["rank"].to_numpy() for m, p in zip(models, paths, strict=True)}
+        direction: {m: placement_of(p) for m, p in zip(models, paths, strict=True)}
         for direction, paths in zip(DIRECTIONS, (t2i_paths, i2t_paths), strict=True)
     }
     rows: list[dict[str, Any]] = []
@@ -220,11 +249,22 @@ def compare(
                 bootstrap["resamples"],
                 bootstrap["seed"],
                 bootstrap["level"],
+                ties,
             )
             rows += [
                 {"direction": direction, "metric": metric, "model_a": a, "model_b": b, **stats}
                 for metric, stats in result.items()
             ]
+    # The family the report shows (every pair, both directions, each R@k and MRR) is adjusted
+    # together, and "significant" is decided on the adjusted p-value.
+    family = [i for i, r in enumerate(rows) if r["metric"] in compared_metrics(recall_at)]
+    adjusted = holm([rows[i]["p_value"] for i in family])
+    alpha = 1 - bootstrap["level"]
+    for row in rows:
+        row["p_holm"], row["in_family"] = None, False
+        row["significant"] = row["p_value"] < alpha  # outside the family: unadjusted
+    for i, p in zip(family, adjusted.tolist(), strict=True):
+        rows[i] |= {"p_holm": p, "in_family": True, "significant": p < alpha}
     columns = [
         "direction",
         "metric",
@@ -234,17 +274,29 @@ def compare(
         "ci_low",
         "ci_high",
         "p_value",
+        "p_holm",
         "significant",
+        "in_family",
     ]
     table = pa.table(
         {c: [r[c] for r in rows] for c in columns},
         schema=pa.schema(
             [(c, pa.string()) for c in columns[:4]]
-            + [(c, pa.float64()) for c in columns[4:8]]
-            + [("significant", pa.bool_())]
+            + [(c, pa.float64()) for c in columns[4:9]]
+            + [("significant", pa.bool_()), ("in_family", pa.bool_())]
         ),
     )
-    write_table(table, out_path, {"models": list(models), "k": k, "bootstrap": bootstrap})
+    meta = {"models": list(models), "k": k, "bootstrap": bootstrap, "ties": ties}
+    meta["family"] = {"tests": len(family), "adjustment": "holm", "alpha": alpha}
+    write_table(table, out_path, meta)
+
+
+def placement_of(hits_path: str) -> QueryRanks:
+    """Each query's placement as a hits table records it."""
+    table = read_table(hits_path)
+    return QueryRanks.from_columns(
+        table["rank"].to_numpy(), table["ties"].to_numpy(), table["tied_positives"].to_numpy()
+    )
 
 
 def queries(images_path: str, queries_path: str, dataset_path: str, k: int, out_path: str) -> None:

@@ -1,0 +1,23 @@
+rule references:
+    input:
+        metrics=per_model("results/{dataset}/metrics/{model}.arrow"),
+        tables=reference_tables(),
+    output:
+        "results/{dataset}/references.arrow",
+    log:
+        "logs/{dataset}/references.log",
+    benchmark:
+        "benchmarks/{dataset}/references.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    params:
+        dataset_key=lambda wildcards: config["datasets"][wildcards.dataset].get(
+            "reference"
+        ),
+        model_keys=canonical(
+            {m: s.get("reference") for m, s in config["models"].items()}
+        ),
+        top_k=config["retrieval"]["top_k"],
+        tolerance=config["references"]["tolerance"],
+    script:
+        "../scripts/references.py"
