@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipbench.errors import InputError
-from clipbench.hub import HUB_ADVICE, fetch, file_sha256
+from clipbench.hub import HUB_ADVICE, fetch, file_sha256, snapshot_commit
 from clipbench.images import check_image_header, image_problem
 from clipbench.webdataset import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, expand_braces, shard_table
 
@@ -98,12 +98,6 @@ def download_hub_split(repo_id: str, revision: str, split: str, retry: dict) -> 
         return files
 
     return fetch(download, f"dataset {repo_id}@{revision} from the Hugging Face hub", **retry)
-
-
-def snapshot_commit(path: Path) -> str | None:
-    # The HF cache stores files under snapshots/<commit>/: the commit a branch resolved to.
-    parts = path.parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
 @contextlib.contextmanager

@@ -172,3 +172,66 @@ def _write_bert(out: Path, seed: int, hidden: int, layers: int) -> None:
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "demo.json").write_text(json.dumps({"seed": seed, "random_weights": True}))
+
+
+def write_hf_dual_encoder(out_dir: str, model_type: str, seed: int, image_size: int = 32) -> None:
+    """A tiny random transformers CLIPModel or SiglipModel with its image processor and a
+    tokenizer covering the demo captions, written with save_pretrained (safetensors)."""
+    with atomic_dir(out_dir) as out:
+        _write_hf_dual_encoder(out, model_type, seed, image_size)
+
+
+def _write_hf_dual_encoder(out: Path, model_type: str, seed: int, image_size: int) -> None:
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = sorted(set(CAPTION_WORDS))
+    tower = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
+    vision = {**tower, "image_size": image_size, "patch_size": 8}
+    torch.manual_seed(seed)
+    if model_type == "clip":
+        specials = ["<|startoftext|>", "<|endoftext|>", "<unk>"]
+        vocab = {w: i for i, w in enumerate([*specials, *words])}
+        template = "<|startoftext|> $A <|endoftext|>"  # CLIP pools the end-of-text token
+        text = {**tower, "vocab_size": len(vocab), "max_position_embeddings": 77}
+        text |= {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+        model = tf.CLIPModel(
+            tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+        )
+        processor = tf.CLIPImageProcessor(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        )
+        pad, extra = "<|endoftext|>", {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+        extra["unk_token"] = "<unk>"
+    elif model_type == "siglip":
+        vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *words])}
+        template = "$A </s>"
+        text = {**tower, "vocab_size": len(vocab), "max_position_embeddings": 16}
+        text |= {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None}
+        model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
+        processor = tf.SiglipImageProcessor(size={"height": image_size, "width": image_size})
+        pad, extra = "<pad>", {"eos_token": "</s>", "unk_token": "<unk>"}
+    else:
+        raise ValueError(f"model_type {model_type!r}: clip or siglip")
+    # A word-level fast tokenizer: the real BPE/sentencepiece vocabularies are not to be had
+    # offline, and the encoder only needs ids of the demo's words.
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    ends = [(t, vocab[t]) for t in template.split() if t != "$A"]
+    backend.post_processor = processors.TemplateProcessing(single=template, special_tokens=ends)
+    tokenizer = tf.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=pad,
+        model_max_length=text["max_position_embeddings"],
+        **extra,
+    )
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "demo.json").write_text(json.dumps({"seed": seed, "random_weights": True}))

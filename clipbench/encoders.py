@@ -19,7 +19,8 @@ from clipbench.precision import Precision
 
 OFFLINE_HINT = (
     "Offline? Set HF_HUB_OFFLINE=1 with a populated Hugging Face cache, or point the model "
-    "to local files (`checkpoint`, `model_config`, `text_model_dir`, `image_checkpoint`)"
+    "to local files (`checkpoint`, `model_config`, `text_model_dir`, `image_checkpoint`, "
+    "`model_dir`)"
 )
 
 
@@ -30,6 +31,8 @@ class Encoder:
     # Describes `geometry` exactly; images prepared once by it can be shared by every model with
     # the same key (None: not shareable).
     geometry_key: str | None = None
+    # The hub commit the weights came from, where the loader reports it (recorded per run).
+    resolved_revision: str | None = None
 
     def geometry(self, image: Image.Image) -> Image.Image:
         """The resize/crop part of preprocessing: RGB PIL image in, PIL image out."""
@@ -470,8 +473,11 @@ class BertResnetEncoder(Encoder):
             self.tokenizer = AutoTokenizer.from_pretrained(
                 source, revision=spec.get("text_revision"), local_files_only=bool(local_dir)
             )
-            self.text_model = AutoModel.from_pretrained(
-                source, revision=spec.get("text_revision"), local_files_only=bool(local_dir)
+            self.text_model = AutoModel.from_pretrained(  # float32, whatever it stores
+                source,
+                revision=spec.get("text_revision"),
+                local_files_only=bool(local_dir),
+                dtype=torch.float32,
             )
         except OSError as exc:
             raise InputError(f"cannot load text model {source}: {exc}. {OFFLINE_HINT}") from exc
@@ -617,7 +623,10 @@ class Geometry:
             self._geometry = lambda image: imagenet_geometry(transform, image)
             self.geometry_key = imagenet_geometry_key(transform)
         else:
-            raise InputError(f"unknown model kind {kind!r}; choose one of {sorted(ENCODERS)}")
+            raise InputError(
+                f"model kind {kind!r} has no shareable geometry; choose one of "
+                f"{sorted(encoder_classes())}, or leave it to decode its own images"
+            )
 
     def geometry(self, image):
         return self._geometry(image)
@@ -643,12 +652,17 @@ def open_clip_transform(spec: dict[str, Any]):
     return image_transform_v2(PreprocessCfg(**preprocess), is_train=False)
 
 
-ENCODERS = {cls.kind: cls for cls in (OpenClipEncoder, BertResnetEncoder)}
+def encoder_classes() -> dict[str, type[Encoder]]:
+    """Every model kind by name (the transformers kind's module builds on this one, so it
+    joins here, when asked)."""
+    from clipbench.transformers_encoder import TransformersEncoder
+
+    return {cls.kind: cls for cls in (OpenClipEncoder, BertResnetEncoder, TransformersEncoder)}
 
 
 def load_encoder(spec: dict[str, Any], device: torch.device, retry: dict | None = None) -> Encoder:
     """``retry``: config `download` (attempts, wait_seconds) for hub files; None, one attempt."""
-    kind = spec.get("kind")
-    if kind not in ENCODERS:
-        raise InputError(f"unknown model kind {kind!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[kind](spec, retry).to(device)
+    kind, kinds = spec.get("kind"), encoder_classes()
+    if kind not in kinds:
+        raise InputError(f"unknown model kind {kind!r}; choose one of {sorted(kinds)}")
+    return kinds[kind](spec, retry).to(device)

@@ -29,6 +29,12 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def snapshot_commit(path: str | os.PathLike) -> str | None:
+    # The HF cache stores files under snapshots/<commit>/: the commit a branch resolved to.
+    parts = Path(path).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
 def git_blob_sha1(path: str | os.PathLike) -> str:
     """Git's object id of a file: what the hub reports as the ETag of a non-LFS file."""
     data = Path(path).read_bytes()

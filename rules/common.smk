@@ -25,7 +25,7 @@ if _config_problems:
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 # Local files a model spec may name; they become inputs so edits and demo rules chain in.
-MODEL_FILE_KEYS = ("checkpoint", "model_config", "text_model_dir", "image_checkpoint")
+MODEL_FILE_KEYS = ("checkpoint", "model_config", "text_model_dir", "image_checkpoint", "model_dir")
 DATASET_FILE_KEYS = ("parquet", "hf_folder")
 GEOMETRY_KEYS = (
     "kind",

@@ -68,3 +68,20 @@ rule demo_bert:
         seed=config["demo"]["seed"],
     script:
         "../scripts/demo_checkpoint.py"
+
+
+rule demo_transformers:
+    output:
+        directory("results/demo/inputs/transformers/{model_type}"),
+    log:
+        "logs/demo/inputs/transformers/{model_type}.log",
+    benchmark:
+        "benchmarks/demo/inputs/transformers/{model_type}.tsv"
+    wildcard_constraints:
+        model_type="clip|siglip",
+    conda:
+        "../envs/clipbench.yaml"
+    params:
+        seed=config["demo"]["seed"],
+    script:
+        "../scripts/demo_checkpoint.py"

@@ -1,4 +1,4 @@
-# One adapter for the demo's three random-checkpoint rules.
+# One adapter for the demo's random-checkpoint rules.
 from clipbench import demo
 from clipbench.logs import job_log
 
@@ -8,5 +8,7 @@ with job_log(snakemake.log[0]):
         demo.write_open_clip_checkpoint(snakemake.input[0], out, seed)
     elif snakemake.rule == "demo_torchvision":
         demo.write_torchvision_checkpoint(snakemake.wildcards.arch, out, seed)
+    elif snakemake.rule == "demo_transformers":
+        demo.write_hf_dual_encoder(out, snakemake.wildcards.model_type, seed)
     else:
         demo.write_bert(out, seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from clipbench import demo as inputs
+from clipbench.hub import git_blob_sha1
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ARCHS = ROOT / "tests" / "demo" / "open_clip"
@@ -109,3 +111,27 @@ def offline_python(script: str, argument: str, cache: Path) -> dict:
         cwd=os.getcwd(),
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def hf_cache_repo(
+    cache: Path, repo_id: str, commit: str, files: dict[str, bytes], ref=None, kind="datasets"
+):
+    """A hub repo (``kind``: datasets or models) in the Hugging Face cache layout:
+    content-addressed blobs (sha256 for LFS files, the git blob id for small text files, as
+    the hub's ETags), snapshot links, and the branch ref file a named revision resolves
+    through."""
+    repo = cache / f"{kind}--{repo_id.replace('/', '--')}"
+    for name, data in files.items():
+        blob_dir = repo / "blobs"
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        tmp = blob_dir / "tmp"
+        tmp.write_bytes(data)
+        lfs = Path(name).suffix in (".parquet", ".tar", ".safetensors", ".bin")
+        blob = blob_dir / (hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(tmp))
+        tmp.rename(blob)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref:
+        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)

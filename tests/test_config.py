@@ -98,6 +98,17 @@ def test_demo_config_is_valid():
     validate(load("tests/demo/config.yaml"), SCHEMA)
 
 
+def test_transformers_and_preset_entries_validate():
+    from clipbench.presets import expand_presets
+
+    cfg = load("config.yaml")
+    cfg["models"]["siglip"] = {"kind": "transformers", "model": "google/siglip-base-patch16-224"}
+    cfg["datasets"] = expand_presets({"flickr": {"preset": "flickr30k-1k"}, **cfg["datasets"]})
+    validate(cfg, SCHEMA)
+    assert cfg["datasets"]["flickr"]["text_column"] == "caption"
+    assert cfg["datasets"]["flickr"]["limit"] is None  # the schema's defaults, filled in
+
+
 def bad(mutate):
     cfg = load("config.yaml")
     mutate(cfg)
@@ -120,6 +131,15 @@ def bad(mutate):
         (lambda c: c["queries"].update(texts=[]), "should be non-empty"),
         (lambda c: c["encode"].update(precision="int4"), "is not one of"),
         (lambda c: c.update(modles={}), "Additional properties"),
+        (lambda c: c["models"].update(hf={"kind": "transformers"}), "is not valid under any"),
+        (
+            lambda c: c["models"].update(
+                hf={"kind": "transformers", "model": "a/b", "model_dir": "d"}
+            ),
+            "is valid under each",
+        ),
+        (lambda c: c["retrieval"].update(ties="random"), "is not one of"),
+        (lambda c: c["datasets"]["pokemon"]["source"].update(webdataset={}), "not valid under any"),
     ],
 )
 def test_schema_refuses(mutate, message):
@@ -243,3 +263,32 @@ def test_dry_run_refuses_duplicate_model_names_before_any_job(tmp_path, replacem
     assert done.returncode != 0
     assert re.search(message, done.stdout + done.stderr)
     assert results_files(root) == [] and not (root / "logs").exists()
+
+
+@pytest.mark.e2e
+def test_a_model_added_on_the_command_line_joins_the_configured_ones(tmp_path):
+    """`--config` merges into the config file (Snakemake's recursive update): one model more,
+    the others kept, validated like any entry."""
+    from tests.workflow_runs import job_counts, snakemake, workflow_copy
+
+    root = workflow_copy(tmp_path / "wf")
+    extra = "models={hf-extra: {kind: transformers, model: org/dual-encoder, revision: abc123}}"
+    done = snakemake(
+        root, "-n", "--cores", "1", "--configfile", "tests/demo/config.yaml", "--config", extra
+    )
+    out = done.stdout + done.stderr
+    demo_models = len(yaml.safe_load((root / "tests/demo/config.yaml").read_text())["models"])
+    assert job_counts(out)["encode"] == 2 * (demo_models + 1)  # both demo datasets
+    assert "model=hf-extra" in out
+    refused = snakemake(
+        root,
+        "-n",
+        "--cores",
+        "1",
+        "--configfile",
+        "tests/demo/config.yaml",
+        "--config",
+        "models={hf-extra: {kind: transformers}}",
+        check=False,
+    )
+    assert refused.returncode != 0 and "is not valid under any" in refused.stdout + refused.stderr

@@ -5,10 +5,8 @@ read offline through the same hub calls as online."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
@@ -19,10 +17,9 @@ from PIL import Image
 
 from clipbench.dataset import load_dataset
 from clipbench.errors import InputError
-from clipbench.hub import git_blob_sha1
 from clipbench.presets import expand_presets, presets
 from clipbench.webdataset import expand_braces, sample_key, shard_table
-from tests.conftest import offline_python, png_bytes
+from tests.conftest import hf_cache_repo, offline_python, png_bytes
 
 WDS_FLICKR = "f8af3ceee1b944bf761340682621dfafd23974d2"
 COCO_PARQUET = "fb42856fbf2ecad4d1382679f0abb33cab9fc952"
@@ -35,27 +32,6 @@ def jpeg(i: int) -> bytes:
 
 def captions_of(i: int, n: int) -> list[str]:
     return [f"caption {c} of image {i}" for c in range(n)]
-
-
-def hf_cache_repo(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], ref=None):
-    """A dataset repo in the Hugging Face cache layout: content-addressed blobs (sha256 for
-    LFS files, the git blob id for small text files, as the hub's ETags), snapshot links, and
-    the branch ref file a named revision resolves through."""
-    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
-    for name, data in files.items():
-        blob_dir = repo / "blobs"
-        blob_dir.mkdir(parents=True, exist_ok=True)
-        tmp = blob_dir / "tmp"
-        tmp.write_bytes(data)
-        lfs = not name.endswith(".txt")
-        blob = blob_dir / (hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(tmp))
-        tmp.rename(blob)
-        link = repo / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    if ref:
-        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
 
 
 def nlphuji_parquet(rows: int, captions_per_image, start: int = 0) -> bytes:

@@ -228,6 +228,7 @@ def run_encode(
         "deviation_from_strict_fp32": deviation,
         "fast_paths": session.encoder.fused,
         "image_geometry": session.encoder.geometry_key,
+        "resolved_revision": session.encoder.resolved_revision,
         "shared_pixels": session.stored is not None,
     }
     write_table(embedding_table(session.images["id"].to_pylist(), images), out_images, metadata)
