@@ -36,22 +36,26 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value)).strip("-")
 
 
-def view_name(spec: dict[str, Any]) -> str | None:
-    """The geometry a model is expected to use, as a path-safe name; None: decode per model."""
-    if spec.get("kind") == "open_clip":
-        if ":" in spec["arch"]:  # hf-hub:/local-dir: configs are not readable before the job
-            return None
-        config = _open_clip_config(spec)
-        if config is None:
-            return None
-        size = config.get("vision_cfg", {}).get("image_size")
-        if isinstance(size, list):
-            size = "x".join(map(str, size))
-        pre = config.get("preprocess_cfg", {})
-        mode, interpolation = pre.get("resize_mode", SHORTEST), pre.get("interpolation", BICUBIC)
-        return _slug(f"open_clip-{size}px-{interpolation}-{mode}")
-    if spec.get("kind") == "bert_resnet":
-        if spec.get("image_checkpoint"):  # ImageClassification(crop_size=image_size) defaults
-            return _slug(f"imagenet-crop{spec['image_size']}")
-        return _slug(f"torchvision-{spec['image_arch']}-{spec['image_weights']}")
+def open_clip_view(spec: dict[str, Any]) -> str | None:
+    if ":" in spec["arch"]:  # hf-hub:/local-dir: configs are not readable before the job
+        return None
+    config = _open_clip_config(spec)
+    if config is None:
+        return None
+    size = config.get("vision_cfg", {}).get("image_size")
+    if isinstance(size, list):
+        size = "x".join(map(str, size))
+    pre = config.get("preprocess_cfg", {})
+    mode, interpolation = pre.get("resize_mode", SHORTEST), pre.get("interpolation", BICUBIC)
+    return _slug(f"open_clip-{size}px-{interpolation}-{mode}")
+
+
+def torchvision_view(spec: dict[str, Any]) -> str | None:
+    if spec.get("image_checkpoint"):  # ImageClassification(crop_size=image_size) defaults
+        return _slug(f"imagenet-crop{spec['image_size']}")
+    return _slug(f"torchvision-{spec['image_arch']}-{spec['image_weights']}")
+
+
+def no_view(spec: dict[str, Any]) -> None:
+    """A kind whose preprocessing no other model provably shares: it decodes its own images."""
     return None

@@ -13,7 +13,7 @@ os.environ.update(
 
 sys.path.insert(0, workflow.basedir)
 from clipbench.config_checks import config_problems
-from clipbench.views import view_name
+from clipbench.model_kinds import kind_of
 from clipbench.webdataset import expand_braces
 
 # Beyond the schema: a key repeated in a config file (the loader keeps the last one silently)
@@ -24,22 +24,9 @@ if _config_problems:
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
-# Local files a model spec may name; they become inputs so edits and demo rules chain in.
-MODEL_FILE_KEYS = ("checkpoint", "model_config", "text_model_dir", "image_checkpoint", "model_dir")
 DATASET_FILE_KEYS = ("parquet", "hf_folder")
-GEOMETRY_KEYS = (
-    "kind",
-    "arch",
-    "model_config",
-    "pretrained",
-    "checkpoint",
-    "image_arch",
-    "image_weights",
-    "image_checkpoint",
-    "image_size",
-)
 # Models expected to resize/crop alike share one decoded copy of each dataset (clipbench.views).
-VIEWS = {model: view_name(spec) for model, spec in config["models"].items()}
+VIEWS = {model: kind_of(spec).view(spec) for model, spec in config["models"].items()}
 VIEW_MODEL = {}
 for _model, _view in VIEWS.items():
     if _view is not None:
@@ -83,14 +70,12 @@ def model_spec(wildcards):
 def view_geometry_param(wildcards):
     """The settings of the view's first model that decide its resize/crop: no weights."""
     spec = config["models"][VIEW_MODEL[wildcards.view]]
-    # Which local weights file does not matter, only that there is one (no hub preprocessing).
-    local = {k: "local file" for k in ("checkpoint", "image_checkpoint") if k in spec}
-    return canonical({**{k: v for k, v in spec.items() if k in GEOMETRY_KEYS}, **local})
+    return canonical(kind_of(spec).geometry_param(spec))
 
 
 def view_config_file(wildcards):
     spec = config["models"][VIEW_MODEL[wildcards.view]]
-    return [spec["model_config"]] if "model_config" in spec else []
+    return kind_of(spec).geometry_files(spec)
 
 
 def model_spec_param(wildcards):
@@ -98,11 +83,9 @@ def model_spec_param(wildcards):
 
 
 def model_files(wildcards):
+    """Local files the model reads: inputs, so edits rerun it and demo rules chain in."""
     spec = model_spec(wildcards)
-    files = [spec[key] for key in MODEL_FILE_KEYS if key in spec]
-    if spec.get("arch", "").startswith("local-dir:"):
-        files.append(spec["arch"].removeprefix("local-dir:"))
-    return files
+    return kind_of(spec).local_files(spec)
 
 
 def model_pixels(wildcards):
