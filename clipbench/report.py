@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,39 +271,51 @@ def reference_rows(references: pl.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class ModelResults:
+    """One model's artifacts on one dataset, by what the report reads from each."""
+
+    name: str
+    metrics: str
+    histogram: str
+    kde: str
+    ranks: str
+    queries: str
+    embeddings: str
+    robustness: str | None = None  # when the dataset runs the robustness stage
+
+
 def build_report(
     dataset_name: str,
     dataset_path: str,
-    models: Sequence[str],
-    metrics_paths: Sequence[str],
+    results: Sequence[ModelResults],
     comparisons_path: str,
     references_path: str,
-    hist_paths: Sequence[str],
-    kde_paths: Sequence[str],
-    rank_paths: Sequence[str],
-    query_paths: Sequence[str],
-    embedding_paths: Sequence[str],
-    robustness_paths: Sequence[str],
     out_html: str,
     figures: Sequence[str],
     k: int,
     recall_at: Sequence[int],
     thumb_px: int = 128,
 ) -> None:
-    """One dataset's report; writes each chart named in ``figures`` as png/svg too."""
-    metrics = stack(metrics_paths, models)
-    kde = stack(kde_paths, models)
+    """One dataset's report over its models' ``results``; writes each chart named in
+    ``figures`` as png/svg too."""
+    models = [r.name for r in results]
+
+    def stacked(role: str) -> pl.DataFrame:
+        return stack([getattr(r, role) for r in results], models)
+
+    metrics, kde = stacked("metrics"), stacked("kde")
     named = {
         "hits_at_k": charts.hits_at_k(metrics, models, k),
         "recall": charts.recall(metrics, models, recall_at),
-        "similarity_histogram": charts.similarity_histogram(stack(hist_paths, models), kde, models),
+        "similarity_histogram": charts.similarity_histogram(stacked("histogram"), kde, models),
         "similarity_separation": charts.similarity_separation(kde, models),
-        "rank_cdf": charts.rank_cdf(stack(rank_paths, models), models),
+        "rank_cdf": charts.rank_cdf(stacked("ranks"), models),
     }
     save_figures(named, figures)
-    if robustness_paths:
+    if all(r.robustness for r in results):
         named["robustness"] = charts.robustness(
-            stack(robustness_paths, models), models, robustness_metric(k, recall_at)
+            stacked("robustness"), models, robustness_metric(k, recall_at)
         )
     dataset_meta = read_metadata(dataset_path)
     render(
@@ -319,11 +332,9 @@ def build_report(
         ),
         family=read_metadata(comparisons_path).get("family"),
         references=reference_rows(pl.from_arrow(read_table(references_path))),
-        bootstrap=read_metadata(metrics_paths[0])["bootstrap"],
-        galleries=galleries(stack(query_paths, models), dataset_path, models, thumb_px),
-        models=[
-            {"name": m, **read_metadata(p)} for m, p in zip(models, embedding_paths, strict=True)
-        ],
+        bootstrap=read_metadata(results[0].metrics)["bootstrap"],
+        galleries=galleries(stacked("queries"), dataset_path, models, thumb_px),
+        models=[{"name": r.name, **read_metadata(r.embeddings)} for r in results],
         thumb_px=thumb_px,
     )
 
@@ -341,36 +352,47 @@ def build_robustness_figures(
     save_figures({"robustness": chart}, figures)
 
 
+@dataclass(frozen=True)
+class DatasetResults:
+    """One dataset's artifacts the summary reads: each model's metrics, and the check of its
+    published figures."""
+
+    name: str
+    metrics: Mapping[str, str]  # model → metrics artifact, in the configured model order
+    references: str
+
+
 def build_summary(
-    datasets: Sequence[str],
-    models: Sequence[str],
-    metrics_paths: Sequence[Sequence[str]],
+    results: Sequence[DatasetResults],
     out_html: str,
+    out_references: str,
     figures: Sequence[str],
     k: int,
     recall_at: Sequence[int],
-    references_paths: Sequence[str] = (),
-    out_references: str | None = None,
 ) -> None:
-    """All datasets × models on one page; ``metrics_paths[i]`` are dataset i's, in model order.
-    ``references_paths``: each dataset's published-figure checks, gathered into
-    ``out_references`` (with a ``dataset`` column) and counted on the page."""
-    checks = [
-        pl.from_arrow(read_table(p)).with_columns(pl.lit(d).alias("dataset"))
-        for d, p in zip(datasets, references_paths, strict=True)
-    ]
-    references = pl.concat(checks, how="diagonal_relaxed") if checks else None
-    if out_references is not None and references is not None:
-        reproduced = int(references["reproduced"].sum())
-        write_table(
-            references.to_arrow(),
-            out_references,
-            {"figures": references.height, "reproduced": reproduced},
-        )
+    """All datasets × models on one page; every dataset's published-figure checks gathered
+    into ``out_references`` (with a ``dataset`` column) and counted on the page."""
+    datasets = [r.name for r in results]
+    models = list(results[0].metrics)
+    references = pl.concat(
+        [
+            pl.from_arrow(read_table(r.references)).with_columns(pl.lit(r.name).alias("dataset"))
+            for r in results
+        ],
+        how="diagonal_relaxed",
+    )
+    reproduced = int(references["reproduced"].sum())
+    write_table(
+        references.to_arrow(),
+        out_references,
+        {"figures": references.height, "reproduced": reproduced},
+    )
     metrics = pl.concat(
         [
-            stack(paths, models).with_columns(pl.lit(d).alias("dataset"))
-            for d, paths in zip(datasets, metrics_paths, strict=True)
+            stack(list(r.metrics.values()), list(r.metrics)).with_columns(
+                pl.lit(r.name).alias("dataset")
+            )
+            for r in results
         ]
     )
     shown = [f"recall_at_{r}" for r in recall_at] + ["mrr", "hits_at_k"]
@@ -408,5 +430,5 @@ def build_summary(
         datasets=list(datasets),
         header=[metric_label(m, k) for m in shown],
         rows=rows,
-        references=[] if references is None else reference_rows(references),
+        references=reference_rows(references),
     )

@@ -1,20 +1,30 @@
 from clipbench.logs import job_log
-from clipbench.report import build_report
+from clipbench.report import ModelResults, build_report
 
 with job_log(snakemake.log[0]):
+    models, given = list(snakemake.params.models), snakemake.input
+    # The per-model inputs are listed in model order (rules/common.smk: per_model).
+    robustness = list(given.robustness) or [None] * len(models)
+    results = [
+        ModelResults(*row)
+        for row in zip(
+            models,
+            given.metrics,
+            given.histograms,
+            given.kdes,
+            given.ranks,
+            given.queries,
+            given.embeddings,
+            robustness,
+            strict=True,
+        )
+    ]
     build_report(
         dataset_name=snakemake.wildcards.dataset,
-        dataset_path=snakemake.input.dataset,
-        models=list(snakemake.params.models),
-        metrics_paths=list(snakemake.input.metrics),
-        comparisons_path=snakemake.input.comparisons,
-        references_path=snakemake.input.references,
-        hist_paths=list(snakemake.input.histograms),
-        kde_paths=list(snakemake.input.kdes),
-        rank_paths=list(snakemake.input.ranks),
-        query_paths=list(snakemake.input.queries),
-        embedding_paths=list(snakemake.input.embeddings),
-        robustness_paths=list(snakemake.input.robustness),
+        dataset_path=given.dataset,
+        results=results,
+        comparisons_path=given.comparisons,
+        references_path=given.references,
         out_html=snakemake.output.html,
         figures=list(snakemake.output.figures),
         k=snakemake.params.top_k,

@@ -1,15 +1,16 @@
 from clipbench.logs import job_log
-from clipbench.report import build_summary
+from clipbench.report import DatasetResults, build_summary
 
 with job_log(snakemake.log[0]):
-    models = list(snakemake.params.models)
-    paths = list(snakemake.input.metrics)
+    datasets, models = list(snakemake.params.datasets), list(snakemake.params.models)
+    # The rule lists the metrics dataset by dataset, each in model order.
+    metrics = iter(snakemake.input.metrics)
+    results = [
+        DatasetResults(name, {m: next(metrics) for m in models}, references)
+        for name, references in zip(datasets, snakemake.input.references, strict=True)
+    ]
     build_summary(
-        datasets=list(snakemake.params.datasets),
-        models=models,
-        # Inputs are listed dataset by dataset, each in model order.
-        metrics_paths=[paths[i : i + len(models)] for i in range(0, len(paths), len(models))],
-        references_paths=list(snakemake.input.references),
+        results,
         out_html=snakemake.output.html,
         out_references=snakemake.output.references,
         figures=list(snakemake.output.figures),
