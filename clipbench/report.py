@@ -249,7 +249,7 @@ def robustness_metric(k: int, recall_at: Sequence[int]) -> str:
     return f"recall_at_{k if k in recall_at else max(recall_at)}"
 
 
-def reference_rows(references: pl.DataFrame) -> list[dict[str, Any]]:
+def reference_rows(references: pl.DataFrame, k: int) -> list[dict[str, Any]]:
     """Published figures beside ours: the difference and whether it is within tolerance."""
     rows = []
     for row in references.iter_rows(named=True):
@@ -258,7 +258,7 @@ def reference_rows(references: pl.DataFrame) -> list[dict[str, Any]]:
             {
                 **row,
                 "direction_label": DIRECTION_TITLES[row["direction"]].split(" (")[0],
-                "label": metric_label(metric, 0).replace("hits@0", "hits@K"),
+                "label": metric_label(metric, k),
                 "published_text": fmt(row["published"], metric),
                 "ours_text": fmt(row["ours"], metric),
                 "ci": f"[{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}]",
@@ -331,7 +331,7 @@ def build_report(
             pl.from_arrow(read_table(comparisons_path)), k, recall_at
         ),
         family=read_metadata(comparisons_path).get("family"),
-        references=reference_rows(pl.from_arrow(read_table(references_path))),
+        references=reference_rows(pl.from_arrow(read_table(references_path)), k),
         bootstrap=read_metadata(results[0].metrics)["bootstrap"],
         galleries=galleries(stacked("queries"), dataset_path, models, thumb_px),
         models=[{"name": r.name, **read_metadata(r.embeddings)} for r in results],
@@ -430,5 +430,5 @@ def build_summary(
         datasets=list(datasets),
         header=[metric_label(m, k) for m in shown],
         rows=rows,
-        references=reference_rows(references),
+        references=reference_rows(references, k),
     )
