@@ -196,10 +196,6 @@ def read_source(
         return table_batches(table, FOLDER_BATCH_ROWS), info | {"rows": table.num_rows}
     if "webdataset" in source:
         files, info = webdataset_files(source, split, retry)
-        wds = source["webdataset"]
-        image_ext = wds.get("image_extensions", IMAGE_EXTENSIONS)
-        text_ext = wds.get("text_extensions", TEXT_EXTENSIONS)
-        batches = (shard_table(path, image_ext, text_ext) for path in files)
     elif "hub" in source:
         hub = source["hub"]
         if hub.get("file"):
@@ -230,10 +226,13 @@ def read_source(
             raise InputError(f"dataset file {path} does not exist")
     digests = [verify_sha256(p, source.get("sha256")) for p in files]
     info.update(path=str(files[0]), sha256=digests[0] if len(files) == 1 else digests)
-    if "webdataset" not in source:
-        info["rows"] = sum(parquet_rows(path) for path in files)
-        batches = (batch for path in files for batch in parquet_batches(path))
-    return batches, info
+    if "webdataset" in source:
+        wds = source["webdataset"]
+        image_ext = wds.get("image_extensions", IMAGE_EXTENSIONS)
+        text_ext = wds.get("text_extensions", TEXT_EXTENSIONS)
+        return (shard_table(path, image_ext, text_ext) for path in files), info
+    info["rows"] = sum(parquet_rows(path) for path in files)
+    return (batch for path in files for batch in parquet_batches(path)), info
 
 
 def image_bytes(

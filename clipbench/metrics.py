@@ -101,26 +101,35 @@ def _per_query(
     out = {name: (first <= c).astype(np.float64) for name, c in cutoffs.items()}
     out |= {"reciprocal": 1.0 / first, "points": np.clip(k + 1 - first, 0, None)}
     flat = {name: value.reshape(-1) for name, value in out.items()}
-    tied = np.flatnonzero(np.asarray(ranks.tied).reshape(-1) > 0)
-    if tied.size:
-        triples = np.stack(
-            [np.asarray(a).reshape(-1)[tied] for a in (ranks.greater, ranks.tied, ranks.positives)],
-            axis=1,
-        )
-        unique, inverse = np.unique(triples, axis=0, return_inverse=True)
-        by_triple = np.argsort(inverse.reshape(-1), kind="stable")
-        starts = np.searchsorted(inverse.reshape(-1)[by_triple], np.arange(len(unique) + 1))
-        for row, (g, t, p) in enumerate(unique.tolist()):
-            pmf = first_positive_pmf(t + p, p)  # P(first positive at place j), j = 1…t+1
-            place = g + np.arange(1, t + 2, dtype=np.float64)
-            cdf = np.cumsum(pmf)
-            at = tied[by_triple[starts[row] : starts[row + 1]]]
-            for name, c in cutoffs.items():
-                # Exactly 0 or 1 where the cutoff is above or below the whole tied group.
-                flat[name][at] = 0.0 if c <= g else 1.0 if c - g > t else cdf[c - g - 1]
-            flat["reciprocal"][at] = pmf @ (1.0 / place)
-            flat["points"][at] = pmf @ np.clip(k + 1 - place, 0, None)
+    for g, t, p, at in _tied_groups(ranks):
+        pmf = first_positive_pmf(t + p, p)  # P(first positive at place j), j = 1…t+1
+        place = g + np.arange(1, t + 2, dtype=np.float64)
+        cdf = np.cumsum(pmf)
+        for name, c in cutoffs.items():
+            # Exactly 0 or 1 where the cutoff is above or below the whole tied group.
+            flat[name][at] = 0.0 if c <= g else 1.0 if c - g > t else cdf[c - g - 1]
+        flat["reciprocal"][at] = pmf @ (1.0 / place)
+        flat["points"][at] = pmf @ np.clip(k + 1 - place, 0, None)
     return out | {"rank": r}
+
+
+def _tied_groups(ranks: QueryRanks) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(greater, tied, positives, flat query indices) for each distinct placement of the
+    queries with ties: each needs its tied places' distribution once, however many share it."""
+    g, t, p = (
+        np.asarray(a, np.int64).reshape(-1) for a in (ranks.greater, ranks.tied, ranks.positives)
+    )
+    tied = np.flatnonzero(t > 0)
+    if not tied.size:
+        return
+    unique, inverse = np.unique(
+        np.stack([g[tied], t[tied], p[tied]], axis=1), axis=0, return_inverse=True
+    )
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
+    for row, (g0, t0, p0) in enumerate(unique.tolist()):
+        yield g0, t0, p0, tied[order[starts[row] : starts[row + 1]]]
 
 
 def _from_sums(sums, n: int, k: int, recall_at: Sequence[int], median) -> dict[str, np.ndarray]:
@@ -162,16 +171,14 @@ def rank_distribution(ranks: QueryRanks, ties: str = "expected") -> tuple[np.nda
     if ties != "expected":
         values, counts = np.unique(ranks.rank(ties).astype(np.int64), return_counts=True)
         return values, counts.astype(np.float64)
-    g, t, p = (
-        np.asarray(a, np.int64).reshape(-1) for a in (ranks.greater, ranks.tied, ranks.positives)
-    )
-    mass = np.bincount(g[t == 0] + 1).astype(np.float64)
-    triples, counts = np.unique(np.stack([g, t, p], axis=1)[t > 0], axis=0, return_counts=True)
-    for (g0, t0, p0), count in zip(triples.tolist(), counts.tolist(), strict=True):
-        top = g0 + t0 + 2
+    greater = np.asarray(ranks.greater, np.int64).reshape(-1)
+    untied = np.asarray(ranks.tied).reshape(-1) == 0
+    mass = np.bincount(greater[untied] + 1).astype(np.float64)
+    for g, t, p, at in _tied_groups(ranks):
+        top = g + t + 2
         if mass.size < top:
             mass = np.concatenate([mass, np.zeros(top - mass.size)])
-        mass[g0 + 1 : top] += count * first_positive_pmf(t0 + p0, p0)
+        mass[g + 1 : top] += at.size * first_positive_pmf(t + p, p)
     values = np.flatnonzero(mass)
     return values, mass[values]
 

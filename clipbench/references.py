@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from clipbench.errors import InputError
+from clipbench.stages.scores import DIRECTIONS
 
 SHIPPED = Path(__file__).parents[1] / "references" / "retrieval.csv"
 COLUMNS = ("dataset", "model", "direction", "metric", "k", "value", "source")
-DIRECTIONS = ("text_to_image", "image_to_text")
 COUNTS = ("hits_at_k", "weighted_score")  # metrics counted over queries, not shares of them
 
 

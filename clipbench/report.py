@@ -21,6 +21,7 @@ import polars as pl
 from clipbench import charts
 from clipbench.arrow_io import atomic_path, read_metadata, read_table, write_table
 from clipbench.images import decode_image
+from clipbench.references import COUNTS
 from clipbench.stages.scores import compared_metrics
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -44,7 +45,7 @@ def metric_label(name: str, k: int) -> str:
 
 
 def fmt(value: float, metric: str) -> str:
-    if metric in ("hits_at_k", "weighted_score"):
+    if metric in COUNTS:
         return f"{value:.0f}"
     if metric in ("mean_rank", "median_rank"):
         return f"{value:.1f}"
@@ -262,9 +263,9 @@ def reference_rows(references: pl.DataFrame, k: int) -> list[dict[str, Any]]:
                 "published_text": fmt(row["published"], metric),
                 "ours_text": fmt(row["ours"], metric),
                 "ci": f"[{fmt(row['ci_low'], metric)}, {fmt(row['ci_high'], metric)}]",
-                "difference_text": f"{row['difference']:+.3f}"
-                if metric not in ("hits_at_k", "weighted_score")
-                else f"{row['difference']:+.0f}",
+                "difference_text": f"{row['difference']:+.0f}"
+                if metric in COUNTS
+                else f"{row['difference']:+.3f}",
                 "tolerance_text": fmt(row["tolerance"], metric),
             }
         )

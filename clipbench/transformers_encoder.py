@@ -69,10 +69,11 @@ class TransformersEncoder(Encoder):
                 f"cannot load transformers model {source}: {exc}. {OFFLINE_HINT}"
             ) from exc
         config = self.model.config
-        if not local:  # the snapshot the hub client resolved the revision (or main) to
-            from transformers.utils import cached_file
+        if not local:  # the cache snapshot the revision (or main) resolved to when loading
+            from huggingface_hub import try_to_load_from_cache
 
-            self.resolved_revision = snapshot_commit(cached_file(source, "config.json", **common))
+            cached = try_to_load_from_cache(source, "config.json", revision=spec.get("revision"))
+            self.resolved_revision = snapshot_commit(cached) if isinstance(cached, str) else None
         self.model_type = config.model_type
         self.max_length = spec.get("max_length") or config.text_config.max_position_embeddings
         self.padding = "max_length" if self.model_type in PAD_TO_MAX_LENGTH else "longest"
