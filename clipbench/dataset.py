@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from clipbench.errors import InputError
 from clipbench.hub import HUB_ADVICE, fetch, file_sha256, snapshot_commit
 from clipbench.images import check_image_header, image_problem
+from clipbench.settings import ONE_ATTEMPT, RetrySettings
 from clipbench.webdataset import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, expand_braces, shard_table
 
 IMAGES_SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
@@ -42,7 +43,7 @@ def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
     return actual
 
 
-def download_hub_file(repo_id: str, filename: str, revision: str, retry: dict) -> Path:
+def download_hub_file(repo_id: str, filename: str, revision: str, retry: RetrySettings) -> Path:
     """Fetch one file of a hub dataset repo, pinned to ``revision``, through the HF cache."""
     from huggingface_hub import hf_hub_download
 
@@ -53,7 +54,7 @@ def download_hub_file(repo_id: str, filename: str, revision: str, retry: dict) -
         return [Path(path)]
 
     what = f"{filename} of dataset {repo_id}@{revision} from the Hugging Face hub"
-    return fetch(download, what, **retry)[0]
+    return fetch(download, what, retry)[0]
 
 
 def in_split(relative: Path, split: str) -> bool:
@@ -63,7 +64,7 @@ def in_split(relative: Path, split: str) -> bool:
     )
 
 
-def download_hub_split(repo_id: str, revision: str, split: str, retry: dict) -> list[Path]:
+def download_hub_split(repo_id: str, revision: str, split: str, retry: RetrySettings) -> list[Path]:
     """Every parquet file of one split of a hub dataset repo, pinned to ``revision``."""
     from huggingface_hub import snapshot_download
 
@@ -97,7 +98,7 @@ def download_hub_split(repo_id: str, revision: str, split: str, retry: dict) -> 
             )
         return files
 
-    return fetch(download, f"dataset {repo_id}@{revision} from the Hugging Face hub", **retry)
+    return fetch(download, f"dataset {repo_id}@{revision} from the Hugging Face hub", retry)
 
 
 @contextlib.contextmanager
@@ -142,7 +143,7 @@ def table_batches(table: pa.Table, rows: int) -> Iterator[pa.Table]:
         yield table.slice(start, rows)
 
 
-def hub_shard_names(repo_id: str, revision: str, split: str, retry: dict) -> list[str]:
+def hub_shard_names(repo_id: str, revision: str, split: str, retry: RetrySettings) -> list[str]:
     """A split's shards as CLIP_benchmark lays them out: ``<split>/nshards.txt`` holds N, the
     shards are ``<split>/0.tar`` … ``<split>/<N−1>.tar``."""
     count_file = download_hub_file(repo_id, f"{split}/nshards.txt", revision, retry)
@@ -155,7 +156,9 @@ def hub_shard_names(repo_id: str, revision: str, split: str, retry: dict) -> lis
     return [f"{split}/{i}.tar" for i in range(count)]
 
 
-def webdataset_files(source: dict[str, Any], split: str, retry: dict) -> tuple[list[Path], dict]:
+def webdataset_files(
+    source: dict[str, Any], split: str, retry: RetrySettings
+) -> tuple[list[Path], dict]:
     """The shards of a `webdataset` source, fetched (hub) or found (local), with provenance."""
     wds = source["webdataset"]
     if "hub" in wds:
@@ -180,13 +183,11 @@ def webdataset_files(source: dict[str, Any], split: str, retry: dict) -> tuple[l
 
 
 def read_source(
-    source: dict[str, Any], split: str, retry: dict | None = None
+    source: dict[str, Any], split: str, retry: RetrySettings = ONE_ATTEMPT
 ) -> tuple[Iterator[pa.Table], dict[str, Any]]:
     """The configured source as batches of raw rows, and its provenance for the metadata.
     Every file is found, fetched and hash-checked here, before any batch is read. ``retry``
-    ({attempts, wait_seconds}, config key ``download``) governs hub fetches; None makes one
-    attempt."""
-    retry = retry or {"attempts": 1, "wait_seconds": 0}
+    (config `download`) governs hub fetches."""
     if "hf_folder" in source:
         folder = Path(source["hf_folder"])
         if not folder.is_dir():
@@ -438,7 +439,7 @@ class DatasetReader:
     """One configured dataset, read a batch at a time: iterate :meth:`batches` for (images,
     captions) tables; :attr:`metadata` is complete once they are exhausted."""
 
-    def __init__(self, cfg: dict[str, Any], retry: dict | None = None):
+    def __init__(self, cfg: dict[str, Any], retry: RetrySettings = ONE_ATTEMPT):
         self.cfg = cfg
         self._raw, self.info = read_source(cfg["source"], cfg["split"], retry)
         folder = cfg["source"].get("hf_folder")
@@ -492,7 +493,7 @@ class DatasetReader:
 
 
 def load_dataset(
-    cfg: dict[str, Any], retry: dict | None = None
+    cfg: dict[str, Any], retry: RetrySettings = ONE_ATTEMPT
 ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """One configured dataset whole: its images, its captions and provenance metadata."""
     reader = DatasetReader(cfg, retry)

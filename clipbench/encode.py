@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from typing import IO, Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from clipbench.batching import prepared_batches
 from clipbench.embeddings import l2_normalize
 from clipbench.encoders import Encoder
 from clipbench.images import decode_image
+from clipbench.kinds.base import ModelSpec
 from clipbench.pixels import StoredPixels
 from clipbench.precision import Precision, resolve_precision
 from clipbench.ridge import CrossFitRidge
@@ -135,13 +137,14 @@ def encode_texts(
 
 
 def fit_text_head(
-    spec: dict[str, Any], caption_raw: np.ndarray, image_emb: np.ndarray, caption_image: np.ndarray
+    spec: ModelSpec, caption_raw: np.ndarray, image_emb: np.ndarray, caption_image: np.ndarray
 ) -> CrossFitRidge | None:
     """The fitted baseline's ridge map from text features to (normalised) image embeddings;
     None for models whose text tower already ends in the shared space."""
-    if spec.get("projection") != "ridge":
+    ridge = spec.fitted_head
+    if ridge is None:
         return None
-    return CrossFitRidge(**spec["ridge"]).fit(caption_raw, image_emb[caption_image], caption_image)
+    return CrossFitRidge(**asdict(ridge)).fit(caption_raw, image_emb[caption_image], caption_image)
 
 
 def caption_embeddings(head: CrossFitRidge | None, raw: np.ndarray) -> np.ndarray:

@@ -10,8 +10,12 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipbench.errors import InputError
+
+if TYPE_CHECKING:
+    from clipbench.settings import RetrySettings
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +96,15 @@ def is_final(exc: BaseException) -> bool:
 def fetch(
     download: Callable[[], list[Path]],
     what: str,
-    attempts: int,
-    wait_seconds: float,
+    retry: RetrySettings,
     sleep: Callable[[float], None] = time.sleep,
     advice: str = HUB_ADVICE,
 ) -> list[Path]:
     """Run ``download`` (hub calls that return paths in the HF cache) until its files arrive
     whole. huggingface_hub keeps a broken transfer's bytes (``.incomplete``) and resumes them
     with an HTTP Range request on the next call; a corrupt blob is deleted and fetched again.
-    Waits ``wait_seconds``, doubling, between attempts."""
+    Waits ``retry.wait_seconds``, doubling, between attempts."""
+    attempts = retry.attempts
     for attempt in range(1, attempts + 1):
         try:
             paths = download()
@@ -121,7 +125,7 @@ def fetch(
                     else advice
                 )
                 raise InputError(f"cannot fetch {what}{tried} ({failure}). {advice}") from exc
-            pause = wait_seconds * 2 ** (attempt - 1)
+            pause = retry.wait_seconds * 2 ** (attempt - 1)
             log.warning(
                 "fetching %s failed (attempt %d of %d: %s); retrying in %.0f s",
                 what,

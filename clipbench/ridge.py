@@ -78,10 +78,11 @@ def select_alpha(
 
 @dataclass
 class CrossFitRidge:
-    folds: int = 5
-    inner_folds: int = 3
-    alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-    seed: int = 0
+    # A model's `ridge` settings (clipbench.kinds.bert_resnet.RidgeSpec; defaults in the schema).
+    folds: int
+    inner_folds: int
+    alphas: Sequence[float]
+    seed: int
     fold_of_row: np.ndarray = field(init=False, repr=False)
     maps: list[RidgeMap] = field(init=False, repr=False)
     full: RidgeMap = field(init=False, repr=False)

@@ -13,7 +13,7 @@ os.environ.update(
 
 sys.path.insert(0, workflow.basedir)
 from clipbench.config_checks import config_problems
-from clipbench.model_kinds import kind_of
+from clipbench.settings import Settings
 from clipbench.webdataset import expand_braces
 
 # Beyond the schema: a key repeated in a config file (the loader keeps the last one silently)
@@ -22,11 +22,13 @@ _config_problems = config_problems(config, workflow.configfiles)
 if _config_problems:
     raise WorkflowError("config refused:\n" + "\n".join(_config_problems))
 
+# The validated config as typed values: each model's spec (clipbench.kinds), the sections.
+SETTINGS = Settings.from_config(config)
 DATASETS = list(config["datasets"])
-MODELS = list(config["models"])
+MODELS = list(SETTINGS.models)
 DATASET_FILE_KEYS = ("parquet", "hf_folder")
-# Models expected to resize/crop alike share one decoded copy of each dataset (clipbench.views).
-VIEWS = {model: kind_of(spec).view(spec) for model, spec in config["models"].items()}
+# Models expected to resize/crop alike share one decoded copy of each dataset (ModelSpec.view).
+VIEWS = {model: spec.view() for model, spec in SETTINGS.models.items()}
 VIEW_MODEL = {}
 for _model, _view in VIEWS.items():
     if _view is not None:
@@ -53,39 +55,30 @@ def canonical(value):
     return json.dumps(value, sort_keys=True)
 
 
-def unreferenced(entry):
-    """A dataset or model entry less its `reference` key, which only says what its results
-    should reproduce: naming one must never rerun the jobs that compute them."""
-    return {key: value for key, value in entry.items() if key != "reference"}
-
-
 def dataset_param(wildcards):
-    return canonical(unreferenced(config["datasets"][wildcards.dataset]))
-
-
-def model_spec(wildcards):
-    return unreferenced(config["models"][wildcards.model])
+    """The dataset entry less its `reference` key, which only says what its results should
+    reproduce: naming one must never rerun the jobs that compute them."""
+    entry = config["datasets"][wildcards.dataset]
+    return canonical({key: value for key, value in entry.items() if key != "reference"})
 
 
 def view_geometry_param(wildcards):
     """The settings of the view's first model that decide its resize/crop: no weights."""
-    spec = config["models"][VIEW_MODEL[wildcards.view]]
-    return canonical(kind_of(spec).geometry_param(spec))
+    return canonical(SETTINGS.models[VIEW_MODEL[wildcards.view]].geometry_entry())
 
 
 def view_config_file(wildcards):
-    spec = config["models"][VIEW_MODEL[wildcards.view]]
-    return kind_of(spec).geometry_files(spec)
+    return SETTINGS.models[VIEW_MODEL[wildcards.view]].geometry_files()
 
 
 def model_spec_param(wildcards):
-    return canonical(model_spec(wildcards))
+    """What decides the model's results (its `reference` key does not)."""
+    return SETTINGS.models[wildcards.model].param()
 
 
 def model_files(wildcards):
     """Local files the model reads: inputs, so edits rerun it and demo rules chain in."""
-    spec = model_spec(wildcards)
-    return kind_of(spec).local_files(spec)
+    return SETTINGS.models[wildcards.model].local_files()
 
 
 def model_pixels(wildcards):
@@ -108,10 +101,7 @@ def per_model(pattern):
 
 
 def robustness_datasets():
-    rob = config["robustness"]
-    if not rob["enabled"]:
-        return []
-    return [d for d in DATASETS if rob["datasets"] is None or d in rob["datasets"]]
+    return [d for d in DATASETS if SETTINGS.robustness.runs_on(d)]
 
 
 def robustness_files(wildcards):

@@ -14,9 +14,7 @@ rule references:
         dataset_key=lambda wildcards: config["datasets"][wildcards.dataset].get(
             "reference"
         ),
-        model_keys=canonical(
-            {m: s.get("reference") for m, s in config["models"].items()}
-        ),
+        model_keys=canonical({m: s.reference for m, s in SETTINGS.models.items()}),
         top_k=config["retrieval"]["top_k"],
         tolerance=config["references"]["tolerance"],
     script:

@@ -22,7 +22,7 @@ rule robustness:
     params:
         spec=model_spec_param,
         settings=canonical(config["encode"]),
-        robustness=canonical(config["robustness"]),
+        perturbations=SETTINGS.robustness.perturbations_param(),
         top_k=config["retrieval"]["top_k"],
         recall_at=config["retrieval"]["recall_at"],
         ties=config["retrieval"]["ties"],

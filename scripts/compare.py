@@ -1,6 +1,7 @@
 import json
 
 from clipbench.logs import job_log
+from clipbench.settings import BootstrapSettings
 from clipbench.stages.scores import compare
 
 with job_log(snakemake.log[0]):
@@ -10,7 +11,7 @@ with job_log(snakemake.log[0]):
         list(snakemake.input.i2t),
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),
-        bootstrap=json.loads(snakemake.params.bootstrap),
+        bootstrap=BootstrapSettings.parse(json.loads(snakemake.params.bootstrap)),
         out_path=snakemake.output[0],
         ties=snakemake.params.ties,
     )

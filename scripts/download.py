@@ -1,6 +1,7 @@
 import json
 
 from clipbench.logs import job_log
+from clipbench.settings import RetrySettings
 from clipbench.stages.download import download
 
 with job_log(snakemake.log[0]):
@@ -11,5 +12,5 @@ with job_log(snakemake.log[0]):
         snakemake.output.captions,
         # How often to retry does not change the artifact: from the config, not a param, so
         # tuning it reruns nothing.
-        snakemake.config["download"],
+        RetrySettings.parse(snakemake.config["download"]),
     )

@@ -1,6 +1,7 @@
 import json
 
 from clipbench.logs import job_log
+from clipbench.settings import BootstrapSettings
 from clipbench.stages.scores import hits
 
 with job_log(snakemake.log[0]):
@@ -9,7 +10,7 @@ with job_log(snakemake.log[0]):
         snakemake.input.texts,
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),
-        bootstrap=json.loads(snakemake.params.bootstrap),
+        bootstrap=BootstrapSettings.parse(json.loads(snakemake.params.bootstrap)),
         out_t2i=snakemake.output.t2i,
         out_i2t=snakemake.output.i2t,
         out_metrics=snakemake.output.metrics,

@@ -1,7 +1,8 @@
 import json
 
+from clipbench.kinds import parse_model
 from clipbench.logs import job_log
-from clipbench.stages.encode import EncodeSettings
+from clipbench.settings import EncodeSettings, RetrySettings, RobustnessSettings
 from clipbench.stages.robustness import run_robustness
 
 with job_log(snakemake.log[0]) as progress:
@@ -11,17 +12,16 @@ with job_log(snakemake.log[0]) as progress:
         images_path=snakemake.input.images,
         texts_path=snakemake.input.texts,
         model_name=snakemake.wildcards.model,
-        spec=json.loads(snakemake.params.spec),
-        # How hub files are retried: from the config, not a param, so that changing it never
-        # reruns finished jobs.
-        settings=EncodeSettings.parse(
-            json.loads(snakemake.params.settings), snakemake.config["download"]
-        ),
-        robustness=json.loads(snakemake.params.robustness),
+        spec=parse_model(json.loads(snakemake.params.spec)),
+        settings=EncodeSettings.parse(json.loads(snakemake.params.settings)),
+        robustness=RobustnessSettings.from_param(snakemake.params.perturbations),
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),
         out_path=snakemake.output[0],
         threads=snakemake.threads,
         progress=progress,
+        # How hub files are retried: from the config, not a param, so that changing it never
+        # reruns finished jobs.
+        retry=RetrySettings.parse(snakemake.config["download"]),
         ties=snakemake.params.ties,
     )

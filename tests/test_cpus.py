@@ -56,7 +56,9 @@ def test_the_encode_session_sets_capped_torch_threads(checkpoints, monkeypatch, 
 
     from clipbench.arrow_io import write_table
     from clipbench.demo import demo_rows
-    from clipbench.stages.encode import EncodeSettings, Session
+    from clipbench.kinds import parse_model
+    from clipbench.settings import EncodeSettings
+    from clipbench.stages.encode import Session
     from tests.conftest import open_clip_spec
 
     blobs = demo_rows(3, seed=1)[0]
@@ -68,8 +70,8 @@ def test_the_encode_session_sets_capped_torch_threads(checkpoints, monkeypatch, 
     before = torch.get_num_threads()
     try:
         Session.open(
-            open_clip_spec(checkpoints, "tiny-rn"),
-            EncodeSettings(device="cpu", precision="fp32"),
+            parse_model(open_clip_spec(checkpoints, "tiny-rn")),
+            EncodeSettings.parse({"device": "cpu", "precision": "fp32"}),
             str(tmp_path / "d.arrow"),
             str(tmp_path / "c.arrow"),
             4,

@@ -11,15 +11,12 @@ from clipbench.batching import batch_sizes, prepared_batches
 from clipbench.demo import demo_rows, write_open_clip_checkpoint
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts, fit_text_head
-from clipbench.encoders import (
-    Geometry,
-    initialization_skipped,
-    load_encoder,
-    load_state_dict,
-    seeded_projection,
-)
+from clipbench.encoders import initialization_skipped, load_state_dict
 from clipbench.errors import InputError
+from clipbench.kinds import geometry_of, load_encoder, parse_model
+from clipbench.kinds.bert_resnet import seeded_projection
 from clipbench.precision import resolve_device, resolve_precision
+from clipbench.settings import RetrySettings
 from tests.conftest import DEMO_ARCHS, bert_resnet_spec, open_clip_spec, png_bytes
 
 CPU = torch.device("cpu")
@@ -220,9 +217,10 @@ def test_ridge_baseline_text_tower_ends_at_pooled_features(checkpoints):
     raw = encode_texts(enc, CAPTIONS, 5)
     assert raw.shape == (5, enc.text_model.config.hidden_size)
     images = l2_normalize(np.random.default_rng(0).standard_normal((5, 1000)))
-    head = fit_text_head(spec, raw, images, np.arange(5))
+    head = fit_text_head(parse_model(spec), raw, images, np.arange(5))
     assert head.transform(raw, np.arange(5)).shape == (5, 1000)
-    assert fit_text_head(bert_resnet_spec(checkpoints), raw, images, np.arange(5)) is None
+    random = parse_model(bert_resnet_spec(checkpoints))
+    assert fit_text_head(random, raw, images, np.arange(5)) is None
 
 
 def test_perturb_hook_changes_only_what_it_touches(checkpoints, blobs):
@@ -239,7 +237,7 @@ def test_perturb_hook_changes_only_what_it_touches(checkpoints, blobs):
 
 @pytest.mark.parametrize("arch", ["tiny-vit-16", "tiny-rn"])
 def test_truncated_clip_text_equals_the_padded_path(checkpoints, arch):
-    from clipbench.encoders import encode_text_truncated, truncatable
+    from clipbench.kinds.open_clip import encode_text_truncated, truncatable
 
     enc = load_encoder(open_clip_spec(checkpoints, arch), CPU)
     assert truncatable(enc.model)
@@ -334,7 +332,7 @@ def test_unknown_torchvision_model_fails_in_the_shared_pixels_job_too(checkpoint
     del spec["image_checkpoint"]
     spec.setdefault("image_weights", "IMAGENET1K_V1")
     with pytest.raises(InputError, match=message):
-        Geometry(spec)  # what the `pixels` job builds, before any encode
+        geometry_of(spec)  # what the `pixels` job builds, before any encode
     with pytest.raises(InputError, match=message):
         load_encoder(spec, CPU)
 
@@ -405,7 +403,7 @@ def uses_quick_gelu(model) -> bool:
 
 def test_revision_pins_hub_weights_and_keeps_the_tags_settings(pinned_tag, checkpoints):
     spec, _ = pinned_tag
-    enc = load_encoder(spec, CPU, {"attempts": 2, "wait_seconds": 0})
+    enc = load_encoder(spec, CPU, RetrySettings(attempts=2, wait_seconds=0))
     pinned = load_state_dict(checkpoints["tiny-rn"])
     for key, value in enc.model.state_dict().items():
         torch.testing.assert_close(value, pinned[key], msg=key)  # the commit's, not main's
@@ -413,7 +411,7 @@ def test_revision_pins_hub_weights_and_keeps_the_tags_settings(pinned_tag, check
     assert uses_quick_gelu(enc.model)
     assert tuple(enc.library_preprocess.transforms[-1].mean) == (0.5, 0.5, 0.5)
     # … and the shared pixels job resizes exactly as the loaded model does.
-    assert Geometry(spec).geometry_key == enc.geometry_key
+    assert geometry_of(spec).geometry_key == enc.geometry_key
 
 
 def test_an_unpinned_tag_follows_main_and_still_gets_the_tags_quick_gelu(pinned_tag):
@@ -435,11 +433,11 @@ def test_a_corrupt_pinned_blob_is_caught_before_loading(pinned_tag):
     blob = link.resolve()
     blob.write_bytes(blob.read_bytes()[:-10])  # truncated on disk
     with pytest.raises(InputError, match="hash to .*the hub's ETag is"):
-        load_encoder(spec, CPU, {"attempts": 1, "wait_seconds": 0})
+        load_encoder(spec, CPU, RetrySettings(attempts=1, wait_seconds=0))
     assert not blob.exists()  # deleted, so that the next attempt fetches it anew
     # Offline, the next attempt cannot fetch it and says how to go on.
     with pytest.raises(InputError, match="cannot fetch weights from org/tiny-rn@a+ .*HF_HUB_OFF"):
-        load_encoder(spec, CPU, {"attempts": 2, "wait_seconds": 0})
+        load_encoder(spec, CPU, RetrySettings(attempts=2, wait_seconds=0))
 
 
 def test_revision_needs_hub_weights(checkpoints):

@@ -7,7 +7,6 @@ from torch import nn
 
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts
-from clipbench.encoders import load_encoder
 from clipbench.fused import (
     ConvAct,
     FusedBlock,
@@ -15,6 +14,7 @@ from clipbench.fused import (
     fuse_convolutions,
     fuse_transformer_blocks,
 )
+from clipbench.kinds import load_encoder
 from clipbench.precision import EMBEDDING_TOLERANCE, resolve_precision
 from tests.conftest import spec_for
 from tests.test_encode import CAPTIONS

@@ -19,6 +19,7 @@ import pytest
 from clipbench import hub
 from clipbench.demo import write_demo_parquet
 from clipbench.errors import InputError
+from clipbench.settings import RetrySettings
 
 REPO, COMMIT, FILE = "org/pokemon", "0123456789abcdef0123456789abcdef01234567", "data/train.parquet"
 
@@ -104,7 +105,8 @@ SCRIPT = """
 import json, sys
 from clipbench.dataset import read_source
 from clipbench.errors import InputError
-source, retry = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+from clipbench.settings import RetrySettings
+source, retry = json.loads(sys.argv[1]), RetrySettings.parse(json.loads(sys.argv[2]))
 try:
     batches, info = read_source(source, "train", retry)
     print(json.dumps({"rows": sum(b.num_rows for b in batches), "info": info}))
@@ -251,7 +253,7 @@ def test_fetch_retries_with_growing_waits_then_succeeds(tmp_path):
             raise ConnectionError("reset by peer")
         return [good]
 
-    assert hub.fetch(flaky, "f.txt", attempts=3, wait_seconds=1.5, sleep=waits.append) == [good]
+    assert hub.fetch(flaky, "f.txt", RetrySettings(3, 1.5), sleep=waits.append) == [good]
     assert waits == [1.5, 3.0]
 
 
@@ -260,7 +262,7 @@ def test_fetch_passes_user_errors_through_at_once(tmp_path):
         raise InputError("no parquet files for split 'test'")
 
     with pytest.raises(InputError, match="^no parquet files"):
-        hub.fetch(wrong_split, "x", attempts=5, wait_seconds=0, sleep=pytest.fail)
+        hub.fetch(wrong_split, "x", RetrySettings(5, 0), sleep=pytest.fail)
 
 
 def test_cached_blobs_are_checked_against_their_etag_name(tmp_path):

@@ -9,14 +9,17 @@ from PIL import Image
 from clipbench.arrow_io import read_metadata, write_table
 from clipbench.demo import demo_rows
 from clipbench.encode import encode_images
-from clipbench.encoders import Geometry, load_encoder
 from clipbench.images import decode_image
+from clipbench.kinds import geometry_of, load_encoder, parse_model
 from clipbench.pixels import StoredPixels, write_pixels
-from clipbench.stages.encode import EncodeSettings, Session
+from clipbench.settings import EncodeSettings
+from clipbench.stages.encode import Session
 from tests.conftest import bert_resnet_spec, open_clip_spec, spec_for
 
 CPU = torch.device("cpu")
-SETTINGS = EncodeSettings(device="cpu", precision="fp32", batch_size=3, decode_workers=1)
+SETTINGS = EncodeSettings.parse(
+    {"device": "cpu", "precision": "fp32", "batch_size": 3, "decode_workers": 1}
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_geometry_from_config_alone_matches_the_loaded_model(checkpoints, which)
     no_weights = {k: v for k, v in spec.items() if k not in ("checkpoint", "image_checkpoint")}
     if which == "bert_resnet":
         no_weights["image_checkpoint"] = "never read"  # picks ImageClassification(image_size)
-    assert Geometry(no_weights).geometry_key == load_encoder(spec, CPU).geometry_key
+    assert geometry_of(no_weights).geometry_key == load_encoder(spec, CPU).geometry_key
 
 
 def test_encoding_from_shared_pixels_equals_decoding(encoder, dataset, tmp_path):
@@ -115,7 +118,7 @@ def test_pixels_of_another_geometry_are_not_used(checkpoints, dataset, tmp_path,
     resnet = load_encoder(bert_resnet_spec(checkpoints), CPU)
     write_pixels(resnet, str(path), str(tmp_path / "px.arrow"), workers=1)
     session = Session.open(
-        open_clip_spec(checkpoints, "tiny-rn"),
+        parse_model(open_clip_spec(checkpoints, "tiny-rn")),
         SETTINGS,
         str(path),
         str(captions),

@@ -7,8 +7,8 @@ import torch
 from clipbench import precision as p
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts
-from clipbench.encoders import load_encoder
 from clipbench.errors import InputError
+from clipbench.kinds import load_encoder
 from clipbench.precision import (
     FP32_LEVEL_ERROR,
     fp32_error,

@@ -61,5 +61,9 @@ def test_alpha_selection_prefers_shrinkage_on_noise_and_not_on_signal():
 def test_describe_reports_choices():
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((40, 5)), rng.standard_normal((40, 2))
-    info = CrossFitRidge(folds=4).fit(x, y, np.arange(40)).describe()
+    info = (
+        CrossFitRidge(folds=4, inner_folds=3, alphas=[0.1, 1.0], seed=0)
+        .fit(x, y, np.arange(40))
+        .describe()
+    )
     assert info["folds"] == 4 and len(info["chosen_alpha_per_fold"]) == 4

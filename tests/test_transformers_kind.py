@@ -7,9 +7,9 @@ import torch
 
 from clipbench.demo import demo_rows, write_bert, write_hf_dual_encoder
 from clipbench.encode import encode_images, encode_texts
-from clipbench.encoders import load_encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
+from clipbench.kinds import load_encoder
 
 CPU = torch.device("cpu")
 
@@ -125,14 +125,15 @@ def test_a_pinned_hub_model_loads_from_the_cache_and_records_its_commit(hf_model
     hf_cache_repo(tmp_path, f"org/tiny-{kind}", commit, files, ref="main", kind="models")
     script = """
 import json, sys, torch
-from clipbench.encoders import load_encoder
+from clipbench.kinds import load_encoder
 enc = load_encoder(json.loads(sys.argv[1]), torch.device("cpu"))
 print(json.dumps({"revision": enc.resolved_revision, "type": enc.model_type}))
 """
     spec = {"kind": "transformers", "model": f"org/tiny-{kind}", "revision": commit}
     out = offline_python(script, json.dumps(spec), tmp_path)
     assert out == {"revision": commit, "type": kind}
-    unpinned = offline_python(script, json.dumps({**spec, "revision": None}), tmp_path)
+    unpinned = {key: value for key, value in spec.items() if key != "revision"}
+    unpinned = offline_python(script, json.dumps(unpinned), tmp_path)
     assert unpinned["revision"] == commit  # main, resolved through the cache's ref
 
 

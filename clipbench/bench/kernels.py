@@ -89,7 +89,7 @@ def model_cases(device: torch.device, channels_last: bool):
     import torchvision
     from transformers import BertConfig, BertModel
 
-    from clipbench.encoders import encode_text_truncated
+    from clipbench.kinds.open_clip import encode_text_truncated
 
     def image_input(size):
         def make(batch):

@@ -14,6 +14,7 @@ import json, sys, time
 import numpy as np, pyarrow as pa
 from clipbench.arrow_io import write_table
 from clipbench.embeddings import embedding_table, l2_normalize
+from clipbench.settings import BootstrapSettings
 from clipbench.stages.scores import hits
 n, d, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
@@ -24,7 +25,7 @@ write_table(embedding_table(range(n), l2_normalize(rng.standard_normal((n, d), n
             image_id=pa.array(range(n), pa.int64())), out + "/t.arrow", meta)
 start = time.perf_counter()
 hits(out + "/i.arrow", out + "/t.arrow", 5, [1, 5, 10],
-     {"resamples": 1000, "seed": 0, "level": 0.95},
+     BootstrapSettings.parse({"resamples": 1000}),
      out + "/t2i.arrow", out + "/i2t.arrow", out + "/m.arrow")
 seconds = time.perf_counter() - start
 # VmHWM is this process's own high-water mark (ru_maxrss would carry the parent's over exec).

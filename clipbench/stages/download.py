@@ -7,6 +7,7 @@ from typing import Any
 
 from clipbench.arrow_io import spilled_writer
 from clipbench.dataset import CAPTIONS_SCHEMA, IMAGES_SCHEMA, DatasetReader
+from clipbench.settings import ONE_ATTEMPT, RetrySettings
 
 log = logging.getLogger("clipbench")
 
@@ -16,7 +17,7 @@ def download(
     name: str,
     out_images: str,
     out_captions: str,
-    retry: dict | None = None,
+    retry: RetrySettings = ONE_ATTEMPT,
 ) -> None:
     """Streamed: each batch of source rows is made canonical and written before the next is
     read; the metadata (counts, skipped rows) joins the files once the last batch is in."""

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -27,29 +27,16 @@ from clipbench.encode import (
     fit_text_head,
     query_embeddings,
 )
-from clipbench.encoders import Encoder, load_encoder
+from clipbench.encoders import Encoder
+from clipbench.kinds import load_encoder
+from clipbench.kinds.base import ModelSpec
 from clipbench.pixels import StoredPixels
 from clipbench.precision import Precision, deviation_from, resolve_device, resolve_precision
+from clipbench.settings import ONE_ATTEMPT, EncodeSettings, RetrySettings
 
 log = logging.getLogger("clipbench")
 LIBRARIES = ("torch", "torchvision", "open_clip_torch", "transformers", "pillow", "numpy")
 STRICT_SAMPLE = 8  # images encoded in strict float32 to measure each run's deviation
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    """The config's `encode` section (schema defaults applied) plus the hub retry settings."""
-
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int | str = "auto"
-    threads: int = 4
-    decode_workers: int = 1
-    download: dict | None = None  # config `download`: attempts, wait_seconds for hub files
-
-    @classmethod
-    def parse(cls, section: dict[str, Any], download: dict | None = None) -> EncodeSettings:
-        return cls(**section, download=download)
 
 
 @contextlib.contextmanager
@@ -87,7 +74,7 @@ class Session:
     @classmethod
     def open(
         cls,
-        spec: dict[str, Any],
+        spec: ModelSpec,
         settings: EncodeSettings,
         dataset_path: str,
         captions_path: str,
@@ -95,6 +82,7 @@ class Session:
         progress: IO[str] | None,
         model_name: str,
         pixels_path: str | None = None,
+        retry: RetrySettings = ONE_ATTEMPT,
     ) -> Session:
         threads = compute_threads(threads)
         torch.set_num_threads(threads)
@@ -111,7 +99,7 @@ class Session:
             policy.describe(),
             threads,
         )
-        encoder = load_encoder(spec, device, settings.download)
+        encoder = load_encoder(spec, device, retry)
         images = read_table(dataset_path)
         stored = StoredPixels(pixels_path) if pixels_path else None
         if stored is not None and not stored.usable_by(encoder, images["id"].to_numpy()):
@@ -187,7 +175,7 @@ def run_encode(
     dataset_path: str,
     captions_path: str,
     model_name: str,
-    spec: dict[str, Any],
+    spec: ModelSpec,
     settings: EncodeSettings,
     queries: Sequence[str],
     out_images: str,
@@ -196,11 +184,21 @@ def run_encode(
     threads: int,
     progress: IO[str] | None = None,
     pixels_path: str | None = None,
+    retry: RetrySettings = ONE_ATTEMPT,
 ) -> None:
     """Encode both towers (and the configured free-text queries) with one loaded model;
-    ``pixels_path``: the dataset's images already decoded by this model's geometry."""
+    ``pixels_path``: the dataset's images already decoded by this model's geometry;
+    ``retry``: config `download`, for the model's hub files."""
     session = Session.open(
-        spec, settings, dataset_path, captions_path, threads, progress, model_name, pixels_path
+        spec,
+        settings,
+        dataset_path,
+        captions_path,
+        threads,
+        progress,
+        model_name,
+        pixels_path,
+        retry,
     )
     with timed("strict float32 sample", STRICT_SAMPLE):
         strict = session.strict_sample()
@@ -215,7 +213,7 @@ def run_encode(
     device = session.device
     metadata = {
         "model": model_name,
-        "spec": spec,
+        "spec": spec.entry(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": session.policy.name,

@@ -4,17 +4,19 @@ added to the images, and as seeded character-level typos are added to the captio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO
 
 import pyarrow as pa
 
 from clipbench.arrow_io import embedding_matrix, read_metadata, read_table, write_table
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import caption_embeddings, fit_text_head
+from clipbench.kinds.base import ModelSpec
 from clipbench.metrics import summarize
 from clipbench.retrieval import retrieve_both
 from clipbench.robustness import add_pixel_noise, add_typos
-from clipbench.stages.encode import EncodeSettings, Session
+from clipbench.settings import ONE_ATTEMPT, EncodeSettings, RetrySettings, RobustnessSettings
+from clipbench.stages.encode import Session
 
 
 def recall_rows(
@@ -36,26 +38,27 @@ def run_robustness(
     images_path: str,
     texts_path: str,
     model_name: str,
-    spec: dict[str, Any],
+    spec: ModelSpec,
     settings: EncodeSettings,
-    robustness: dict[str, Any],
+    robustness: RobustnessSettings,
     k: int,
     recall_at: Sequence[int],
     out_path: str,
     threads: int,
     progress: IO[str] | None = None,
     ties: str = "expected",
+    retry: RetrySettings = ONE_ATTEMPT,
 ) -> None:
     """Retrieval as seeded Gaussian pixel noise is added to the images, and as seeded
     character-level typos are added to the captions (the other side stays clean)."""
     session = Session.open(
-        spec, settings, dataset_path, captions_path, threads, progress, model_name
+        spec, settings, dataset_path, captions_path, threads, progress, model_name, retry=retry
     )
     clean_images = embedding_matrix(read_table(images_path)["embedding"])
     clean_texts = embedding_matrix(read_table(texts_path)["embedding"])
-    caption_image, seed = session.caption_image, robustness["seed"]
+    caption_image, seed = session.caption_image, robustness.seed
     rows: list[tuple] = []
-    for sigma in robustness["noise_sigmas"]:
+    for sigma in robustness.noise_sigmas:
         images = (
             clean_images
             if sigma == 0
@@ -70,10 +73,10 @@ def run_robustness(
             for r in recall_rows(clean_texts, images, caption_image, k, recall_at, ties)
         ]
     head = None
-    if spec.get("projection") == "ridge":  # refit exactly as encode did, on clean captions
+    if spec.fitted_head is not None:  # refit exactly as encode did, on clean captions
         clean_raw = session.text_features(session.captions["text"].to_pylist())
         head = fit_text_head(spec, clean_raw, clean_images, caption_image)
-    for rate in robustness["typo_rates"]:
+    for rate in robustness.typo_rates:
         if rate == 0:
             texts = clean_texts
         else:

@@ -30,6 +30,7 @@ from clipbench.metrics import (
     summarize,
 )
 from clipbench.retrieval import TILE_SCORES, RetrievalResult, topk
+from clipbench.settings import BootstrapSettings
 
 log = logging.getLogger("clipbench")
 DIRECTIONS = ("text_to_image", "image_to_text")
@@ -117,14 +118,14 @@ def metrics_table(
     n_positives: np.ndarray,
     k: int,
     recall_at: Sequence[int],
-    bootstrap: dict[str, Any],
+    bootstrap: BootstrapSettings,
     ties: str = "expected",
 ) -> pa.Table:
     """One row per metric: value, bootstrap interval, chance level, and how many queries had
     a non-positive tied with their best positive."""
     value = summarize(placement, k, recall_at, ties)
     ci = bootstrap_intervals(
-        placement, k, recall_at, bootstrap["resamples"], bootstrap["seed"], bootstrap["level"], ties
+        placement, k, recall_at, bootstrap.resamples, bootstrap.seed, bootstrap.level, ties
     )
     chance = chance_metrics(n_candidates, n_positives, k, recall_at)
     names = metric_names(recall_at)
@@ -151,7 +152,7 @@ def hits(
     texts_path: str,
     k: int,
     recall_at: Sequence[int],
-    bootstrap: dict[str, Any],
+    bootstrap: BootstrapSettings,
     out_t2i: str,
     out_i2t: str,
     out_metrics: str,
@@ -219,7 +220,9 @@ def hits(
             ties,
         ),
     ]
-    write_table(pa.concat_tables(tables), out_metrics, {**provenance, "bootstrap": bootstrap})
+    write_table(
+        pa.concat_tables(tables), out_metrics, {**provenance, "bootstrap": bootstrap.as_dict()}
+    )
     log.info("%s: text→image hits@%d = %d of %d", model, k, int((t2i.rank <= k).sum()), n_texts)
 
 
@@ -229,7 +232,7 @@ def compare(
     i2t_paths: Sequence[str],
     k: int,
     recall_at: Sequence[int],
-    bootstrap: dict[str, Any],
+    bootstrap: BootstrapSettings,
     out_path: str,
     ties: str = "expected",
 ) -> None:
@@ -246,9 +249,9 @@ def compare(
                 ranks[direction][b],
                 k,
                 recall_at,
-                bootstrap["resamples"],
-                bootstrap["seed"],
-                bootstrap["level"],
+                bootstrap.resamples,
+                bootstrap.seed,
+                bootstrap.level,
                 ties,
             )
             rows += [
@@ -259,7 +262,7 @@ def compare(
     # together, and "significant" is decided on the adjusted p-value.
     family = [i for i, r in enumerate(rows) if r["metric"] in compared_metrics(recall_at)]
     adjusted = holm([rows[i]["p_value"] for i in family])
-    alpha = 1 - bootstrap["level"]
+    alpha = 1 - bootstrap.level
     for row in rows:
         row["p_holm"], row["in_family"] = None, False
         row["significant"] = row["p_value"] < alpha  # outside the family: unadjusted
@@ -286,7 +289,7 @@ def compare(
             + [("significant", pa.bool_()), ("in_family", pa.bool_())]
         ),
     )
-    meta = {"models": list(models), "k": k, "bootstrap": bootstrap, "ties": ties}
+    meta = {"models": list(models), "k": k, "bootstrap": bootstrap.as_dict(), "ties": ties}
     meta["family"] = {"tests": len(family), "adjustment": "holm", "alpha": alpha}
     write_table(table, out_path, meta)
 

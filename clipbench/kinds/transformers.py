@@ -11,24 +11,51 @@ other kind is provably the same.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from clipbench.encoders import OFFLINE_HINT, Encoder
 from clipbench.errors import InputError
 from clipbench.hub import snapshot_commit
+from clipbench.kinds.base import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from clipbench.settings import RetrySettings
 
 # SigLIP was trained on text padded to its full context (64 tokens) and pools the last
 # position, so its embeddings depend on the padding; CLIP pools the end-of-text token.
 PAD_TO_MAX_LENGTH = ("siglip", "siglip2")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TransformersSpec(ModelSpec):
+    kind: ClassVar[str] = "transformers"
+    file_fields: ClassVar[tuple[str, ...]] = ("model_dir",)
+
+    model: str | None = None  # a hub id, e.g. openai/clip-vit-base-patch32
+    revision: str | None = None  # its hub commit or tag; None follows main
+    model_dir: str | None = None  # a local save_pretrained folder instead
+    max_length: int | None = None  # text tokens; None: the text tower's context
+
+    def clip_benchmark_names(self) -> tuple[str, str]:
+        return self.model or self.model_dir, self.revision or ""
+
+    def load(self, retry: RetrySettings) -> TransformersEncoder:
+        return TransformersEncoder(self)
+
+
+SPEC = TransformersSpec
+
+
 def _features(output: Any) -> torch.Tensor:
     """transformers 5 returns a ModelOutput whose pooler_output holds the projected features;
     earlier versions a tensor."""
+    import torch
+
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -37,15 +64,16 @@ class TransformersEncoder(Encoder):
     # The library's modules as they are: clipbench.fused knows open_clip's and torchvision's.
     fast_paths = False
 
-    def __init__(self, spec: dict[str, Any], retry: dict | None = None):
+    def __init__(self, spec: TransformersSpec):
+        import torch
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        local = spec.get("model_dir")
+        local = spec.model_dir
         if local and not Path(local).is_dir():
             raise InputError(f"model_dir {local} does not exist")
-        source = local or spec["model"]
+        source = local or spec.model
         common = {
-            "revision": spec.get("revision"),
+            "revision": spec.revision,
             "local_files_only": bool(local),
             "trust_remote_code": False,
         }
@@ -72,10 +100,10 @@ class TransformersEncoder(Encoder):
         if not local:  # the cache snapshot the revision (or main) resolved to when loading
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(source, "config.json", revision=spec.get("revision"))
+            cached = try_to_load_from_cache(source, "config.json", revision=spec.revision)
             self.resolved_revision = snapshot_commit(cached) if isinstance(cached, str) else None
         self.model_type = config.model_type
-        self.max_length = spec.get("max_length") or config.text_config.max_position_embeddings
+        self.max_length = spec.max_length or config.text_config.max_position_embeddings
         self.padding = "max_length" if self.model_type in PAD_TO_MAX_LENGTH else "longest"
 
     def modules(self):
