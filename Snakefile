@@ -34,6 +34,7 @@ include: "rules/histogram.smk"
 include: "rules/queries.smk"
 include: "rules/robustness.smk"
 include: "rules/report.smk"
+include: "rules/exports.smk"
 
 
 if "demo" in config:

@@ -130,4 +130,9 @@ def all_targets():
             dataset=robustness_datasets(),
             ext=["png", "svg"],
         ),
+        *expand(
+            "results/{dataset}/clip_retrieval/{model}/metadata/metadata_0.parquet",
+            dataset=DATASETS if config["export"]["clip_retrieval"] else [],
+            model=MODELS,
+        ),
     ]

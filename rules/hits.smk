@@ -6,6 +6,7 @@ rule hits:
         t2i="results/{dataset}/hits/{model}.arrow",
         i2t="results/{dataset}/hits/{model}.i2t.arrow",
         metrics="results/{dataset}/metrics/{model}.arrow",
+        clip_benchmark="results/{dataset}/clip_benchmark/{model}.json",
     log:
         "logs/{dataset}/hits/{model}.log",
     benchmark:

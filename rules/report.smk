@@ -71,6 +71,8 @@ rule summary:
         html="results/report.html",
         references="results/references.arrow",
         figures=expand("results/figures/datasets_overview.{ext}", ext=["png", "svg"]),
+        tidy_csv="results/metrics.csv",
+        tidy_parquet="results/metrics.parquet",
     log:
         "logs/summary.log",
     benchmark:

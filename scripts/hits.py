@@ -1,5 +1,6 @@
 import json
 
+from clipbench.exports import write_clip_benchmark
 from clipbench.logs import job_log
 from clipbench.settings import BootstrapSettings
 from clipbench.stages.scores import hits
@@ -16,4 +17,8 @@ with job_log(snakemake.log[0]):
         out_metrics=snakemake.output.metrics,
         tile_scores=snakemake.params.tile_scores,
         ties=snakemake.params.ties,
+    )
+    # The same metrics in CLIP_benchmark's result shape, for the tools that read it.
+    write_clip_benchmark(
+        snakemake.output.metrics, snakemake.input.texts, snakemake.output.clip_benchmark
     )

@@ -1,3 +1,4 @@
+from clipbench.exports import write_tidy
 from clipbench.logs import job_log
 from clipbench.report import DatasetResults, build_summary
 
@@ -16,4 +17,8 @@ with job_log(snakemake.log[0]):
         figures=list(snakemake.output.figures),
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),
+    )
+    # Every dataset × model × direction × metric in one table (CSV and Parquet).
+    write_tidy(
+        list(snakemake.input.metrics), snakemake.output.tidy_csv, snakemake.output.tidy_parquet
     )

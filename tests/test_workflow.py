@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html.parser
+import json
 import re
 import struct
 import zlib
@@ -249,6 +250,41 @@ def test_reports_are_self_contained(demo):
     assert (demo / "results/figures/datasets_overview.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_exports_other_tools_read(demo):
+    tidy = pl.read_csv(demo / "results/metrics.csv")
+    assert tidy.equals(pl.read_parquet(demo / "results/metrics.parquet"), null_equal=True)
+    rows = 0
+    for dataset, (_, n_captions) in DEMO_SIZES.items():
+        for model in DEMO_MODELS:
+            metrics = read_table(demo / f"results/{dataset}/metrics/{model}.arrow").to_pylist()
+            rows += len(metrics)
+            result = json.loads(
+                (demo / f"results/{dataset}/clip_benchmark/{model}.json").read_text()
+            )
+            assert result["task"] == "zeroshot_retrieval" and result["dataset"] == dataset
+            value = {(r["direction"], r["metric"]): r["value"] for r in metrics}
+            for k in (1, 5, 10):
+                got = result["metrics"]
+                assert (
+                    got[f"image_retrieval_recall@{k}"] == value["text_to_image", f"recall_at_{k}"]
+                )
+                assert got[f"text_retrieval_recall@{k}"] == value["image_to_text", f"recall_at_{k}"]
+            mine = tidy.filter((pl.col("dataset") == dataset) & (pl.col("model") == model))
+            assert sorted(mine["value"].to_list()) == sorted(r["value"] for r in metrics)
+            # clip-retrieval's layout: one float16 row per image–caption pair.
+            out = demo / f"results/{dataset}/clip_retrieval/{model}"
+            img, text = (
+                np.load(out / "img_emb/img_emb_0.npy"),
+                np.load(out / "text_emb/text_emb_0.npy"),
+            )
+            assert img.dtype == np.float16 and img.shape[0] == text.shape[0] == n_captions
+            texts = read_table(demo / f"results/{dataset}/embeddings/{model}/texts.arrow")
+            stored = np.stack(texts["embedding"].to_numpy(zero_copy_only=False))
+            np.testing.assert_allclose(text, stored, atol=1e-3)
+            assert pl.read_parquet(out / "metadata/metadata_0.parquet").height == n_captions
+    assert tidy.height == rows
+
+
 def test_images_decoded_once_per_dataset_and_view(demo):
     for dataset in DEMO_SIZES:
         for model in DEMO_MODELS:
@@ -265,9 +301,9 @@ def test_every_rule_wrote_log_and_benchmark(demo):
         p.relative_to(demo / "benchmarks").with_suffix("")
         for p in (demo / "benchmarks").rglob("*.tsv")
     }
-    # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs, compare,
-    # references, report
-    per_dataset = 1 + 2 + 5 * len(DEMO_MODELS) + 3
+    # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs (the clip-retrieval
+    # export among them), compare, references, report
+    per_dataset = 1 + 2 + 6 * len(DEMO_MODELS) + 3
     robustness = len(DEMO_MODELS) + 1  # demo only: per model + figures
     demo_inputs = 8  # 2 parquets, 2 open_clip, resnet18, bert, 2 transformers
     assert logs == marks
@@ -286,7 +322,14 @@ def test_config_change_reruns_only_that_model(demo, tmp_path):
     changed.write_text(yaml.safe_dump(cfg))  # also reorders keys: that alone reruns nothing
     done = snakemake(demo, "--cores", "2", "--configfile", str(changed), "-n")
     out = done.stdout + done.stderr
-    per_model = {"encode": 2, "similarity": 2, "hits": 2, "histogram": 2, "queries": 2}
+    per_model = {
+        "encode": 2,
+        "similarity": 2,
+        "hits": 2,
+        "histogram": 2,
+        "queries": 2,
+        "clip_retrieval": 2,
+    }
     # …plus what aggregates over models: comparisons and reports.
     assert job_counts(out) == {
         **per_model,
