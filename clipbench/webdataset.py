@@ -9,8 +9,8 @@ with one caption per line; its reader splits that text with ``str.splitlines`` a
 one, so both see the same captions.
 
 Read with ``tarfile`` rather than the webdataset package: each sample needs only the raw bytes
-of two members, no decoding pipeline; hub shards are fetched through clipbench.hub (resumed,
-retried, hash-checked) before they are opened, which webdataset's URL streams would bypass;
+of two members, no decoding pipeline; hub shards are fetched through clipbench.hub (retried,
+hash-checked) before they are opened, which webdataset's URL streams would bypass;
 and it is one dependency less.
 """
 

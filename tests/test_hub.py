@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,76 @@ def test_a_corrupt_shard_that_cannot_be_refetched_fails_instead_of_dropping_rows
     error = json.loads(done.stdout.strip().splitlines()[-1])["error"]
     assert "['data/train-00001-of-00002.parquet'] arrived corrupt" in error
     assert "HF_HUB_OFFLINE" in error
+
+
+def run_read_source(cache: Path, endpoint: str, attempts: int = 4, wait: float = 5) -> dict:
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    for proxy in hub.PROXY_VARIABLES:
+        env.pop(proxy, None)
+    source = {"hub": {"repo_id": REPO, "revision": COMMIT, "file": FILE}}
+    retry = {"attempts": attempts, "wait_seconds": wait}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
+
+
+NOWHERE = "http://no-such-host.invalid"  # .invalid never resolves (RFC 6761)
+
+
+def test_a_hub_name_that_does_not_resolve_fails_at_once_with_the_offline_advice(tmp_path):
+    # Before: 4 attempts × huggingface_hub's own 5 retries, plus 5 + 10 + 20 s of waits.
+    start = time.monotonic()
+    out = run_read_source(tmp_path / "cache", NOWHERE)
+    assert time.monotonic() - start < 20
+    assert "no-such-host.invalid does not resolve" in out["error"]
+    assert "Offline? Set HF_HUB_OFFLINE=1" in out["error"] and "attempt(s)" not in out["error"]
+    assert "Retrying in" not in out["stderr"]  # huggingface_hub's retries were not run either
+
+
+def test_a_hub_name_that_does_not_resolve_still_serves_the_cache(tmp_path, parquet_bytes):
+    online = fetch_from(FakeHub(parquet_bytes), tmp_path / "cache")
+    offline = run_read_source(tmp_path / "cache", NOWHERE)
+    assert offline["rows"] == online["rows"] == 12
+    assert "from the local cache only" in offline["stderr"]
+
+
+def test_partial_files_of_killed_transfers_are_cleared(tmp_path, parquet_bytes):
+    blobs = tmp_path / "cache" / f"datasets--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    etag = hashlib.sha256(parquet_bytes).hexdigest()
+    killed, live = blobs / f"{etag}.0badf00d.incomplete", blobs / f"{etag}.5ca1ab1e.incomplete"
+    killed.write_bytes(parquet_bytes[:100])
+    live.write_bytes(parquet_bytes[:50])
+    old = time.time() - 2 * hub.STALE_PARTIAL_SECONDS
+    os.utime(killed, (old, old))
+    assert fetch_from(FakeHub(parquet_bytes), tmp_path / "cache")["rows"] == 12
+    # The killed one is gone; one still being written (another process) is left alone.
+    assert not killed.exists() and live.exists()
+    assert (blobs / etag).read_bytes() == parquet_bytes
+
+
+def test_name_resolution_failures_are_final_and_timeouts_are_not():
+    def chained(cause: BaseException) -> Exception:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise OSError("cannot reach the hub") from inner
+        except OSError as outer:
+            return outer
+
+    assert hub.is_final(chained(socket.gaierror(-2, "Name or service not known")))
+    assert not hub.is_final(chained(TimeoutError("timed out")))
+    assert not hub.is_final(chained(ConnectionResetError("reset by peer")))

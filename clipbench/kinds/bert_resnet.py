@@ -17,6 +17,7 @@ from clipbench.encoders import (
     normalized_batch,
 )
 from clipbench.errors import InputError
+from clipbench.hub import unresolvable_hub
 from clipbench.kinds.base import ModelSpec, frozen, slug
 
 if TYPE_CHECKING:
@@ -120,18 +121,21 @@ class BertResnetEncoder(Encoder):
         source = local_dir or spec.text_model
         if local_dir and not Path(local_dir).is_dir():
             raise InputError(f"text_model_dir {local_dir} does not exist")
+        # No network: the cache alone, at once, not the hub's retries of a name that never resolves.
+        unreachable = None if local_dir else unresolvable_hub()
+        cached = bool(local_dir) or unreachable is not None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(
-                source, revision=spec.text_revision, local_files_only=bool(local_dir)
+                source, revision=spec.text_revision, local_files_only=cached
             )
             self.text_model = AutoModel.from_pretrained(  # float32, whatever it stores
-                source,
-                revision=spec.text_revision,
-                local_files_only=bool(local_dir),
-                dtype=torch.float32,
+                source, revision=spec.text_revision, local_files_only=cached, dtype=torch.float32
             )
         except OSError as exc:
-            raise InputError(f"cannot load text model {source}: {exc}. {OFFLINE_HINT}") from exc
+            why = f" ({unreachable} does not resolve)" if unreachable else ""
+            raise InputError(
+                f"cannot load text model {source}{why}: {exc}. {OFFLINE_HINT}"
+            ) from exc
         self.max_length = spec.max_length
 
         arch, checkpoint = spec.image_arch, spec.image_checkpoint

@@ -22,6 +22,7 @@ from clipbench.encoders import (
     normalized_batch,
 )
 from clipbench.errors import InputError
+from clipbench.hub import cache_only, unresolvable_hub
 from clipbench.kinds.base import ModelSpec, slug
 
 if TYPE_CHECKING:
@@ -164,8 +165,10 @@ class OpenClipEncoder(Encoder):
         # A hub or local-dir architecture comes with its weights; a run must never measure
         # a randomly initialised model because they were missing.
         loads_weights = bool(pretrained) or arch.startswith(("hf-hub:", "local-dir:"))
+        # No network: open_clip's own hub fetch (an unpinned tag) reads the cache alone, at once.
+        offline = cache_only() if unresolvable_hub() else contextlib.nullcontext()
         try:
-            with initialization_skipped() if loads_weights else contextlib.nullcontext():
+            with offline, initialization_skipped() if loads_weights else contextlib.nullcontext():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     arch, pretrained=pretrained, require_pretrained=loads_weights, **extra
                 )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from clipbench.encoders import OFFLINE_HINT, Encoder
 from clipbench.errors import InputError
-from clipbench.hub import snapshot_commit
+from clipbench.hub import snapshot_commit, unresolvable_hub
 from clipbench.kinds.base import ModelSpec
 
 if TYPE_CHECKING:
@@ -72,9 +72,11 @@ class TransformersEncoder(Encoder):
         if local and not Path(local).is_dir():
             raise InputError(f"model_dir {local} does not exist")
         source = local or spec.model
+        # No network: the cache alone, at once, not the hub's retries of a name that never resolves.
+        unreachable = None if local else unresolvable_hub()
         common = {
             "revision": spec.revision,
-            "local_files_only": bool(local),
+            "local_files_only": bool(local) or unreachable is not None,
             "trust_remote_code": False,
         }
         try:
@@ -93,8 +95,9 @@ class TransformersEncoder(Encoder):
         except InputError:
             raise
         except (OSError, ValueError) as exc:
+            why = f" ({unreachable} does not resolve)" if unreachable else ""
             raise InputError(
-                f"cannot load transformers model {source}: {exc}. {OFFLINE_HINT}"
+                f"cannot load transformers model {source}{why}: {exc}. {OFFLINE_HINT}"
             ) from exc
         config = self.model.config
         if not local:  # the cache snapshot the revision (or main) resolved to when loading
