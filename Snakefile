@@ -8,6 +8,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# `snakemake --report report.zip`: the outputs marked with report() in the rules, their
+# provenance, and this description.
+report: "report/workflow.rst"
+
+
 # A --configfile on the command line replaces config.yaml instead of merging into it, so the
 # demo config does not inherit the default datasets and models.
 if not workflow.overwrite_configfiles:
@@ -35,6 +40,15 @@ include: "rules/queries.smk"
 include: "rules/robustness.smk"
 include: "rules/report.smk"
 include: "rules/exports.smk"
+
+
+# On a cluster these render pages and figures on the submit host, in seconds, instead of
+# waiting in the queue as jobs of their own.
+localrules:
+    report,
+    explorer,
+    robustness_figures,
+    summary,
 
 
 if "demo" in config:

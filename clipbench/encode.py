@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from clipbench.batching import prepared_batches
 from clipbench.embeddings import l2_normalize
 from clipbench.encoders import Encoder
 from clipbench.images import decode_image
 from clipbench.kinds.base import ModelSpec
+from clipbench.logs import Progress, phase
 from clipbench.pixels import StoredPixels
 from clipbench.precision import Precision, resolve_precision
 from clipbench.ridge import CrossFitRidge
@@ -33,25 +33,15 @@ def _run_batches(
     batch_size: int,
     policy: Precision,
     desc: str,
-    progress: IO[str] | None,
+    progress: Progress | None,
     prepare: Callable[[Sequence], Any] = list,
     workers: int = 0,
 ) -> np.ndarray:
     out = []
-    with (
-        policy.context(),
-        tqdm(
-            total=len(items),
-            desc=desc,
-            unit="item",
-            file=progress,
-            disable=progress is None,
-            mininterval=2.0,
-        ) as bar,
-    ):
+    with policy.context(), phase(progress, desc, len(items)) as advance:
         for n, batch in prepared_batches(items, batch_size, prepare, workers):
             out.append(model(batch).float().cpu().numpy())
-            bar.update(n)
+            advance(n)
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -61,7 +51,7 @@ def encode_images(
     ids: Sequence[int],
     batch_size: int,
     precision: Precision | str = "fp32",
-    progress: IO[str] | None = None,
+    progress: Progress | None = None,
     perturb: Callable | None = None,
     workers: int = 0,
     stored: StoredPixels | None = None,
@@ -113,7 +103,7 @@ def encode_texts(
     texts: Sequence[str],
     batch_size: int,
     precision: Precision | str = "fp32",
-    progress: IO[str] | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Text features (unnormalised), one row per text, in input order.
 

@@ -10,7 +10,6 @@ same tensor, bit for bit, as the model's own preprocessing of the decoded image.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 
@@ -23,8 +22,8 @@ from clipbench.batching import prepared_batches
 from clipbench.encoders import Encoder
 from clipbench.errors import InputError
 from clipbench.images import decode_image
+from clipbench.logs import Progress, phase
 
-log = logging.getLogger("clipbench")
 ROWS_PER_BATCH = 64
 
 
@@ -36,7 +35,13 @@ def geometric_pixels(encoder: Encoder, blob: bytes, row_id: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def write_pixels(encoder: Encoder, dataset_path: str, out_path: str, workers: int) -> None:
+def write_pixels(
+    encoder: Encoder,
+    dataset_path: str,
+    out_path: str,
+    workers: int,
+    progress: Progress | None = None,
+) -> None:
     """Every image of the dataset through ``encoder.geometry``, streamed in record batches;
     ``workers`` threads decode (PIL releases the GIL while decoding and resizing) while this
     one compresses and writes."""
@@ -63,7 +68,10 @@ def write_pixels(encoder: Encoder, dataset_path: str, out_path: str, workers: in
     }
     done = 0
     # zstd: a decoded 224² copy is ~150 kB raw; compressed per batch, read back batch by batch.
-    with atomic_writer(out_path, schema, metadata, compression="zstd") as writer:
+    with (
+        atomic_writer(out_path, schema, metadata, compression="zstd") as writer,
+        phase(progress, "images", len(items)) as advance,
+    ):
         while True:
             if list(batch.shape[1:]) != shape:
                 raise ValueError(f"geometry gave {batch.shape[1:]} after {shape}")
@@ -78,7 +86,7 @@ def write_pixels(encoder: Encoder, dataset_path: str, out_path: str, workers: in
                 )
             )
             done += n
-            log.info("%d/%d images", done, len(items))
+            advance(n)
             try:
                 n, batch = next(batches)
             except StopIteration:

@@ -114,12 +114,29 @@ def robustness_files(wildcards):
     )
 
 
+def figure_outputs(pattern, names, category, **labels):
+    """Each named figure (``{figure}`` in ``pattern``) as PNG and SVG; the PNG also goes into
+    Snakemake's own report (``snakemake --report report.zip``), captioned by
+    report/figures/<name>.rst."""
+    files = []
+    for name in names:
+        path = pattern.replace("{figure}", name)
+        caption = f"../report/figures/{name}.rst"
+        labels_of = {"figure": name.replace("_", " "), **labels}
+        png = report(
+            f"{path}.png", caption=caption, category=category, labels=labels_of
+        )
+        files += [png, f"{path}.svg"]
+    return files
+
+
 def all_targets():
     return [
         "results/report.html",
         *expand(
             [
                 "results/{dataset}/report.html",
+                "results/{dataset}/explorer.html",
                 "results/{dataset}/similarity/{model}.arrow",
             ],
             dataset=DATASETS,

@@ -2,6 +2,15 @@
 # parquet layout and tiny random checkpoints, loaded later exactly like real weights.
 
 
+# Tiny inputs, made in seconds: on a cluster, on the submit host rather than as queued jobs.
+localrules:
+    demo_dataset,
+    demo_open_clip,
+    demo_torchvision,
+    demo_bert,
+    demo_transformers,
+
+
 rule demo_dataset:
     output:
         "results/demo/inputs/{variant}.parquet",

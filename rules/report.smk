@@ -20,11 +20,17 @@ rule report:
         embeddings=per_model("results/{dataset}/embeddings/{model}/images.arrow"),
         robustness=robustness_files,
     output:
-        html="results/{dataset}/report.html",
-        figures=expand(
-            "results/{{dataset}}/figures/{figure}.{ext}",
-            figure=FIGURES,
-            ext=["png", "svg"],
+        html=report(
+            "results/{dataset}/report.html",
+            caption="../report/dataset_report.rst",
+            category="Reports",
+            labels={"dataset": "{dataset}"},
+        ),
+        figures=figure_outputs(
+            "results/{dataset}/figures/{figure}",
+            FIGURES,
+            "Figures",
+            dataset="{dataset}",
         ),
     log:
         "logs/{dataset}/report.log",
@@ -41,11 +47,43 @@ rule report:
         "../scripts/report.py"
 
 
+rule explorer:
+    input:
+        dataset="results/{dataset}/dataset.arrow",
+        captions="results/{dataset}/captions.arrow",
+        t2i=per_model("results/{dataset}/hits/{model}.arrow"),
+        i2t=per_model("results/{dataset}/hits/{model}.i2t.arrow"),
+    output:
+        report(
+            "results/{dataset}/explorer.html",
+            caption="../report/explorer.rst",
+            category="Reports",
+            labels={"dataset": "{dataset}", "page": "explorer"},
+        ),
+    log:
+        "logs/{dataset}/explorer.log",
+    benchmark:
+        "benchmarks/{dataset}/explorer.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    params:
+        models=MODELS,
+        thumbnail_px=config["explorer"]["thumbnail_px"],
+        max_thumbnails=config["explorer"]["max_thumbnails"],
+    script:
+        "../scripts/explorer.py"
+
+
 rule robustness_figures:
     input:
         robustness_files,
     output:
-        expand("results/{{dataset}}/figures/robustness.{ext}", ext=["png", "svg"]),
+        figure_outputs(
+            "results/{dataset}/figures/{figure}",
+            ["robustness"],
+            "Figures",
+            dataset="{dataset}",
+        ),
     log:
         "logs/{dataset}/robustness_figures.log",
     benchmark:
@@ -68,10 +106,22 @@ rule summary:
         ],
         references=expand("results/{dataset}/references.arrow", dataset=DATASETS),
     output:
-        html="results/report.html",
+        html=report(
+            "results/report.html",
+            caption="../report/summary.rst",
+            category="Reports",
+            labels={"dataset": "all datasets"},
+        ),
         references="results/references.arrow",
-        figures=expand("results/figures/datasets_overview.{ext}", ext=["png", "svg"]),
-        tidy_csv="results/metrics.csv",
+        figures=figure_outputs(
+            "results/figures/{figure}", ["datasets_overview"], "Figures", dataset="all"
+        ),
+        tidy_csv=report(
+            "results/metrics.csv",
+            caption="../report/metrics.rst",
+            category="Metrics",
+            labels={"table": "every dataset × model × direction × metric"},
+        ),
         tidy_parquet="results/metrics.parquet",
     log:
         "logs/summary.log",

@@ -47,6 +47,7 @@ def nogpu_profile(root: Path) -> Path:
     for rule in ("encode", "robustness"):
         assert profile["set-resources"][rule]["gpu"] == 1
         profile["set-resources"][rule]["gpu"] = 0
+    profile["cores"] = 2  # a group job as large as the node (the demo's encode.threads)
     path = root / PROFILE / "config.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(yaml.safe_dump(profile))
@@ -75,9 +76,17 @@ def test_sbatch_refuses_gpus_on_this_node(cluster, tmp_path):
 
 
 # The offline demo cut to one dataset and two models (an open_clip and the fitted baseline),
-# robustness on: every rule of the workflow, 24 sbatch jobs. Each job pays for its own Snakemake
-# start and the node runs one 2-thread job at a time, so the whole demo (62 jobs) takes ~10 min.
+# robustness on: every rule of the workflow. profiles/slurm groups each model's encode job with
+# every stage that reads its embeddings (one sbatch job per model and dataset) and renders pages
+# on the submit host: 7 sbatch jobs where there were 26 (README: job counts and wall times).
 DEMO_MODELS = ["tiny-rn", "tiny-bert-resnet18-ridge"]
+GROUPED = {"encode", "similarity", "hits", "histogram", "queries", "robustness", "clip_retrieval"}
+LOCAL = {"demo_dataset", "demo_open_clip", "demo_torchvision", "demo_bert"} | {
+    "report",
+    "explorer",
+    "robustness_figures",
+    "summary",
+}
 
 
 def test_demo_through_slurm(cluster, tmp_path):
@@ -89,25 +98,27 @@ def test_demo_through_slurm(cluster, tmp_path):
     out = done.stdout + done.stderr
     assert "SLURM run ID" in out
 
-    # Every job of the DAG (but the target rule `all`) was one sbatch job that completed.
     planned = job_counts(out)
     planned.pop("all")
+    assert set(planned) == GROUPED | LOCAL | {"download", "pixels", "compare", "references"}
+    # Every job that is neither local nor grouped was one sbatch job, each model's group one
+    # more; all completed.
     jobs = run_jobs(cluster, out)
     assert {j["state"] for j in jobs} == {"COMPLETED"}
-    assert collections.Counter(rule_of(j["comment"]) for j in jobs) == planned
+    groups = [j for j in jobs if rule_of(j["comment"]).startswith("model")]
+    alone = collections.Counter(rule_of(j["comment"]) for j in jobs if j not in groups)
+    assert len(groups) == len(DEMO_MODELS)
+    assert alone == {
+        rule: planned[rule] for rule in ("download", "pixels", "compare", "references")
+    }
     logs = list((root / ".snakemake/slurm_logs").rglob("*.log"))
     assert len(logs) == len(jobs)
 
-    # The profile's resources reached sbatch: --mem and CPUs (threads: demo encode.threads = 2).
-    encode = run_jobs(cluster, out, "encode")
-    assert {(j["min_memory"], j["cpus"], j["gres"]) for j in encode} == {("16000M", "2", "N/A")}
-    assert {j["min_memory"] for j in run_jobs(cluster, out, "hits")} == {"4000M"}
+    # The profile's resources reached sbatch: a group as large as its largest member (encode:
+    # 16000 MB, the test profile's 2 cores), the others stacked after it; --mem for the rest.
+    assert {(j["min_memory"], j["cpus"], j["gres"]) for j in groups} == {("16000M", "2", "N/A")}
+    assert {j["min_memory"] for j in run_jobs(cluster, out, "compare")} == {"4000M"}
 
-    assert set(planned) == {
-        *("demo_dataset", "demo_open_clip", "demo_torchvision", "demo_bert", "download"),
-        *("pixels", "encode", "similarity", "hits", "histogram", "queries", "robustness"),
-        *("compare", "references", "report", "robustness_figures", "summary"),
-    }
     page = (root / "results/demo/report.html").read_text()
     assert "vegaEmbed" in page and all(m in page for m in DEMO_MODELS)
     assert 'href="demo/report.html"' in (root / "results/report.html").read_text()
@@ -201,14 +212,21 @@ def test_failing_rule_is_reported_with_its_log(cluster, flaky):
 
 def test_profile_asks_sbatch_for_a_gpu_for_the_encode_rules(cluster, flaky):
     """profiles/slurm unchanged: the `encode` rule's gpu: 1 and cpus_per_gpu: 4 become
-    `--gpus=1 --cpus-per-gpu=4`, which this GPU-less node refuses, so the plugin reports the
-    sbatch call it made."""
+    `--gpus=1 --cpus-per-gpu=4`, which this GPU-less node refuses; the plugin logs the sbatch
+    call it made (--verbose: a group job's failure message leaves it out)."""
     done = snakemake(
-        flaky, "--workflow-profile", "profiles/slurm", *FAST, "encoded.txt", check=False
+        flaky,
+        "--workflow-profile",
+        "profiles/slurm",
+        *FAST,
+        "--verbose",
+        "encoded.txt",
+        check=False,
     )
     out = done.stdout + done.stderr
-    assert done.returncode != 0
-    args = shlex.split(out.split("sbatch call:", 1)[1].split("\n", 2)[1])
+    call = re.search(r"sbatch call: (sbatch .*)", out)
+    assert done.returncode != 0 and call, out
+    args = shlex.split(call[1])
     assert "--gpus=1" in args and "--cpus-per-gpu=4" in args, args
     options = dict(zip(args, args[1:], strict=False))  # each option with the word after it
     assert (options["-t"], options["--mem"]) == ("120", "16000"), args

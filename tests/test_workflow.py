@@ -45,6 +45,7 @@ def test_dry_run_of_the_default_config_lists_the_whole_dag(tmp_path):
         "compare": 1,
         "references": 1,
         "report": 1,
+        "explorer": 1,
         "summary": 1,
         "all": 1,
     }
@@ -285,6 +286,35 @@ def test_exports_other_tools_read(demo):
     assert tidy.height == rows
 
 
+def test_snakemake_report_holds_the_results(demo, tmp_path):
+    """`snakemake --report report.zip`: the pages, figures and metrics table marked report()."""
+    import hashlib
+    import zipfile
+
+    out = tmp_path / "report.zip"
+    snakemake(demo, *DEMO, "--report", str(out))
+    archive = zipfile.ZipFile(out)
+    held = {
+        hashlib.sha256(archive.read(name)).hexdigest()
+        for name in archive.namelist()
+        if name.startswith("report/data/raw/")
+    }
+    expected = [
+        demo / "results/report.html",
+        demo / "results/metrics.csv",
+        demo / "results/figures/datasets_overview.png",
+        demo / "results/demo/figures/robustness.png",
+    ]
+    for dataset in DEMO_SIZES:
+        expected += [demo / f"results/{dataset}/{page}.html" for page in ("report", "explorer")]
+        expected += sorted((demo / f"results/{dataset}/figures").glob("*.png"))
+    # Exactly these: no SVG twins, no intermediate artifacts.
+    assert held == {hashlib.sha256(p.read_bytes()).hexdigest() for p in expected}
+    page = archive.read("report/report.html").decode()
+    assert "Text-to-image and image-to-text retrieval" in page  # report/workflow.rst
+    assert "self-contained report of dataset" in page  # a caption, per dataset
+
+
 def test_images_decoded_once_per_dataset_and_view(demo):
     for dataset in DEMO_SIZES:
         for model in DEMO_MODELS:
@@ -302,8 +332,8 @@ def test_every_rule_wrote_log_and_benchmark(demo):
         for p in (demo / "benchmarks").rglob("*.tsv")
     }
     # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs (the clip-retrieval
-    # export among them), compare, references, report
-    per_dataset = 1 + 2 + 6 * len(DEMO_MODELS) + 3
+    # export among them), compare, references, report, explorer
+    per_dataset = 1 + 2 + 6 * len(DEMO_MODELS) + 4
     robustness = len(DEMO_MODELS) + 1  # demo only: per model + figures
     demo_inputs = 8  # 2 parquets, 2 open_clip, resnet18, bert, 2 transformers
     assert logs == marks
@@ -338,6 +368,7 @@ def test_config_change_reruns_only_that_model(demo, tmp_path):
         "compare": 2,
         "references": 2,
         "report": 2,
+        "explorer": 2,
         "summary": 1,
         "all": 1,
     }
@@ -348,7 +379,11 @@ def test_config_change_reruns_only_that_model(demo, tmp_path):
 def test_forcerun_of_one_model_reexecutes_only_its_jobs(demo):
     res = demo / "results/demo"
     before = {p: p.stat().st_mtime_ns for p in res.rglob("*.arrow")}
-    snakemake(demo, *DEMO, "--forcerun", "results/demo/embeddings/tiny-vit-32/images.arrow")
+    done = snakemake(demo, *DEMO, "--forcerun", "results/demo/embeddings/tiny-vit-32/images.arrow")
+    # The encode job's progress reaches the terminal running Snakemake, named after its log.
+    shown = done.stdout + done.stderr
+    assert "[demo/encode/tiny-vit-32] images: 100% (48/48)" in shown
+    assert "[demo/encode/tiny-vit-32] texts: 100%" in shown
     changed = {
         p.relative_to(res).as_posix() for p, t in before.items() if p.stat().st_mtime_ns != t
     }

@@ -25,6 +25,7 @@ WORKFLOW_FILES = [
     "envs",
     "tests/demo",
     "references",
+    "report",
 ]
 
 

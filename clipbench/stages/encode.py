@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +29,7 @@ from clipbench.encode import (
 from clipbench.encoders import Encoder
 from clipbench.kinds import load_encoder
 from clipbench.kinds.base import ModelSpec
+from clipbench.logs import Progress
 from clipbench.pixels import StoredPixels
 from clipbench.precision import Precision, deviation_from, resolve_device, resolve_precision
 from clipbench.settings import ONE_ATTEMPT, EncodeSettings, RetrySettings
@@ -67,7 +67,7 @@ class Session:
     text_batch_size: int
     images: pa.Table
     captions: pa.Table
-    progress: IO[str] | None
+    progress: Progress | None
     decode_workers: int = 0
     stored: StoredPixels | None = None
 
@@ -79,7 +79,7 @@ class Session:
         dataset_path: str,
         captions_path: str,
         threads: int,
-        progress: IO[str] | None,
+        progress: Progress | None,
         model_name: str,
         pixels_path: str | None = None,
         retry: RetrySettings = ONE_ATTEMPT,
@@ -182,7 +182,7 @@ def run_encode(
     out_texts: str,
     out_queries: str,
     threads: int,
-    progress: IO[str] | None = None,
+    progress: Progress | None = None,
     pixels_path: str | None = None,
     retry: RetrySettings = ONE_ATTEMPT,
 ) -> None:

@@ -4,7 +4,6 @@ added to the images, and as seeded character-level typos are added to the captio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import IO
 
 import pyarrow as pa
 
@@ -12,6 +11,7 @@ from clipbench.arrow_io import embedding_matrix, read_metadata, read_table, writ
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import caption_embeddings, fit_text_head
 from clipbench.kinds.base import ModelSpec
+from clipbench.logs import Progress
 from clipbench.metrics import summarize
 from clipbench.retrieval import retrieve_both
 from clipbench.robustness import add_pixel_noise, add_typos
@@ -45,7 +45,7 @@ def run_robustness(
     recall_at: Sequence[int],
     out_path: str,
     threads: int,
-    progress: IO[str] | None = None,
+    progress: Progress | None = None,
     ties: str = "expected",
     retry: RetrySettings = ONE_ATTEMPT,
 ) -> None:

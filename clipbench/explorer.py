@@ -1,0 +1,89 @@
+"""The explorer page of one dataset: every caption's and every image's top-K under each model,
+with the true match and its rank, the hardest queries per model and the queries the models
+disagree on most. Self-contained like the report (data inline, thumbnails as data URIs, plain
+JavaScript, no network), built from the hits artifacts alone, so what it shows is exactly what
+they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from clipbench.arrow_io import atomic_path, read_metadata, read_table
+from clipbench.report import TEMPLATES, script_json, thumbnail_uri
+
+
+@dataclass(frozen=True)
+class ModelHits:
+    """One model's hits artifacts on the dataset."""
+
+    t2i: str  # results/<dataset>/hits/<model>.arrow: a row per caption
+    i2t: str  # results/<dataset>/hits/<model>.i2t.arrow: a row per image
+
+
+def _direction(path: str, candidates: str) -> dict[str, Any]:
+    table = read_table(path)
+    return {
+        "rank": table["rank"].to_pylist(),
+        "ties": table["ties"].to_pylist(),
+        "top": table[f"topk_{candidates}_ids"].to_pylist(),
+        # Four decimals are what a reader compares; they keep the page small.
+        "scores": [[round(s, 4) for s in row] for row in table["topk_scores"].to_pylist()],
+    }
+
+
+def explorer_data(
+    dataset_path: str,
+    captions_path: str,
+    models: Mapping[str, ModelHits],
+    thumbnail_px: int,
+    max_thumbnails: int,
+) -> dict[str, Any]:
+    """What the page embeds. Image ids are row indices (dataset.canonical_tables), so lists
+    are indexed by id; the first ``max_thumbnails`` images get a thumbnail, the rest a tile
+    with their id (the page stays one that a browser opens at once for large N)."""
+    images, captions = read_table(dataset_path), read_table(captions_path)
+    for model, hits in models.items():  # the page indexes every list by row
+        if read_table(hits.t2i)["text_id"] != captions["id"]:
+            raise ValueError(f"{hits.t2i}: captions not in the order of {captions_path}")
+        if read_table(hits.i2t)["image_id"].to_pylist() != list(range(images.num_rows)):
+            raise ValueError(f"{hits.i2t}: images not in id order ({model})")
+    blobs = images["image"].to_pylist()
+    thumbs = [
+        thumbnail_uri(blob, i, thumbnail_px) if i < max_thumbnails else None
+        for i, blob in enumerate(blobs)
+    ]
+    first = next(iter(models.values()))
+    return {
+        "dataset": read_metadata(dataset_path).get("dataset"),
+        "k": read_metadata(first.t2i)["k"],
+        "models": list(models),
+        "captions": {
+            "id": captions["id"].to_pylist(),
+            "image": captions["image_id"].to_pylist(),
+            "text": captions["text"].to_pylist(),
+        },
+        "images": {"thumb": thumbs, "count": len(blobs)},
+        "t2i": {m: _direction(h.t2i, "image") for m, h in models.items()},
+        "i2t": {m: _direction(h.i2t, "text") for m, h in models.items()},
+    }
+
+
+def write_explorer(
+    dataset_path: str,
+    captions_path: str,
+    models: Mapping[str, ModelHits],
+    out_html: str,
+    thumbnail_px: int,
+    max_thumbnails: int,
+) -> None:
+    data = explorer_data(dataset_path, captions_path, models, thumbnail_px, max_thumbnails)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    html = env.get_template("explorer.html.j2").render(
+        data=script_json(data), dataset=data["dataset"], thumb_px=thumbnail_px
+    )
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(html, encoding="utf-8")
