@@ -132,3 +132,23 @@ def test_clip_retrieval_layout_matches_the_embeddings(run, tmp_path):
     top = np.argsort(-(text.astype(np.float32) @ unique.T), axis=1)[:, 0]
     agree = np.mean(top == [ids[0] for ids in t2i["topk_image_ids"].to_pylist()])
     assert agree > 0.9  # float16 rounding may swap near-ties
+
+
+def test_faiss_searches_the_clip_retrieval_layout(run, tmp_path):
+    """As clip-retrieval's `index` (autofaiss) and `back` use it: an inner-product index over
+    img_emb, queried with text_emb, its hits read through metadata."""
+    faiss = pytest.importorskip("faiss", reason="faiss-cpu is in requirements-dev.txt")
+    out = tmp_path / "cr"
+    paths = [str(out / p) for p in ("img_emb/img_emb_0.npy", "text_emb/text_emb_0.npy")]
+    meta_path = str(out / "metadata/metadata_0.parquet")
+    write_clip_retrieval(run["i"], run["t"], run["c"], *paths, meta_path)
+    img = np.load(paths[0]).astype(np.float32)
+    index = faiss.IndexFlatIP(img.shape[1])
+    index.add(img)
+    scores, rows = index.search(np.load(paths[1]).astype(np.float32), 1)
+    image_of_row = [m["image_id"] for m in pq.read_table(meta_path).to_pylist()]
+    found = [image_of_row[r] for r in rows[:, 0]]
+    expected = [ids[0] for ids in read_table(run["t2i"])["topk_image_ids"].to_pylist()]
+    assert np.mean(np.array(found) == np.array(expected)) > 0.9  # float16 may swap near-ties
+    best = [s[0] for s in read_table(run["t2i"])["topk_scores"].to_pylist()]
+    assert np.allclose(scores[:, 0], best, atol=2e-3)
