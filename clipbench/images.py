@@ -100,10 +100,18 @@ def check_image_header(data: bytes | None, row_id: int | str) -> None:
         Image.open(io.BytesIO(data)).close()
 
 
-def decode_image(data: bytes, row_id: int | str) -> Image.Image:
-    """Decode encoded image bytes to RGB; errors name the dataset row they came from."""
+def decode_image(
+    data: bytes, row_id: int | str, at_least: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode encoded image bytes to RGB; errors name the dataset row they came from.
+
+    ``at_least``: for previews only, never for a model's input: a JPEG may be decoded at a
+    reduced scale (1/2 to 1/8, PIL's draft mode) no smaller than this size, several times
+    faster than in full."""
     _require_bytes(data, row_id)
     with _row_errors(row_id, "cannot be decoded"), Image.open(io.BytesIO(data)) as image:
+        if at_least is not None:
+            image.draft(None, at_least)
         image.load()
         return to_rgb(image)
 

@@ -155,7 +155,7 @@ def skipped_rows_note(dataset_meta: dict[str, Any]) -> str | None:
 
 
 def thumbnail_uri(blob: bytes, row_id: int, size: int) -> str:
-    image = decode_image(blob, row_id)
+    image = decode_image(blob, row_id, at_least=(size, size))
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)

@@ -96,3 +96,18 @@ def test_decompression_bomb_limit_stays_on(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 20×20 = 400 > 2 × limit
     with pytest.raises(InputError, match="row 7: image exceeds PIL's decompression-bomb"):
         decode_image(png_bytes(Image.new("RGB", (20, 20))), 7)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "CMYK"])
+def test_previews_decode_a_jpeg_at_reduced_scale_never_below_the_size(mode):
+    buffer = io.BytesIO()
+    Image.new(mode, (1280, 400), "red" if mode == "RGB" else (0, 255, 255, 0)).save(
+        buffer, format="JPEG"
+    )
+    full = decode_image(buffer.getvalue(), 0)
+    preview = decode_image(buffer.getvalue(), 0, at_least=(96, 96))
+    assert full.size == (1280, 400) and preview.mode == full.mode == "RGB"
+    assert preview.size == (320, 100)  # 1/4: the smallest scale keeping both sides ≥ 96
+    assert np.abs(np.asarray(preview)[50, 160].astype(int) - np.asarray(full)[200, 640]).max() < 8
+    png = decode_image(png_bytes(Image.new("RGB", (300, 200))), 1, at_least=(96, 96))
+    assert png.size == (300, 200)  # other formats decode in full
