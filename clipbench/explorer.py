@@ -13,7 +13,7 @@ from typing import Any
 import jinja2
 
 from clipbench.arrow_io import atomic_path, read_metadata, read_table
-from clipbench.report import TEMPLATES, script_json, thumbnail_uri
+from clipbench.pages import TEMPLATES, script_json, thumbnail_uri
 
 
 @dataclass(frozen=True)

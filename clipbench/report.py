@@ -6,9 +6,6 @@ their data inline, and thumbnails are data URIs, so it opens offline and can be 
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +17,10 @@ import polars as pl
 
 from clipbench import charts
 from clipbench.arrow_io import atomic_path, read_metadata, read_table, write_table
-from clipbench.images import decode_image
+from clipbench.pages import TEMPLATES, script_json, thumbnail_uri
 from clipbench.references import COUNTS
 from clipbench.stages.scores import compared_metrics
 
-TEMPLATES = Path(__file__).with_name("templates")
 DIRECTION_TITLES = {
     "text_to_image": "Text → image (each caption searches all images)",
     "image_to_text": "Image → text (each image searches all captions)",
@@ -154,14 +150,6 @@ def skipped_rows_note(dataset_meta: dict[str, Any]) -> str | None:
     return f"skipped {len(rows)} undecodable image(s) (on_bad_image: skip): row ids {shown}"
 
 
-def thumbnail_uri(blob: bytes, row_id: int, size: int) -> str:
-    image = decode_image(blob, row_id, at_least=(size, size))
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def galleries(
     queries: pl.DataFrame, dataset_path: str, models: Sequence[str], thumb_px: int
 ) -> list[dict[str, Any]]:
@@ -185,11 +173,6 @@ def galleries(
         ]
         out.append({"query": query, "models": per_model})
     return out
-
-
-def script_json(value: Any) -> str:
-    # JSON placed inside <script>: a caption containing "</script>" must not end the element.
-    return json.dumps(value).replace("</", "<\\/")
 
 
 def cache_dir() -> Path:
