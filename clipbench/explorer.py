@@ -7,7 +7,9 @@ they hold."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import jinja2
@@ -41,6 +43,7 @@ def explorer_data(
     models: Mapping[str, ModelHits],
     thumbnail_px: int,
     max_thumbnails: int,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """What the page embeds. Image ids are row indices (dataset.canonical_tables), so lists
     are indexed by id; the first ``max_thumbnails`` images get a thumbnail, the rest a tile
@@ -52,10 +55,11 @@ def explorer_data(
         if read_table(hits.i2t)["image_id"].to_pylist() != list(range(images.num_rows)):
             raise ValueError(f"{hits.i2t}: images not in id order ({model})")
     blobs = images["image"].to_pylist()
-    thumbs = [
-        thumbnail_uri(blob, i, thumbnail_px) if i < max_thumbnails else None
-        for i, blob in enumerate(blobs)
-    ]
+    shown = blobs[:max_thumbnails]
+    # PIL decodes and resizes without the GIL: threads use every CPU the job may.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        thumbs = list(pool.map(thumbnail_uri, shown, range(len(shown)), repeat(thumbnail_px)))
+    thumbs += [None] * (len(blobs) - len(shown))
     first = next(iter(models.values()))
     return {
         "dataset": read_metadata(dataset_path).get("dataset"),
@@ -79,8 +83,9 @@ def write_explorer(
     out_html: str,
     thumbnail_px: int,
     max_thumbnails: int,
+    workers: int = 1,
 ) -> None:
-    data = explorer_data(dataset_path, captions_path, models, thumbnail_px, max_thumbnails)
+    data = explorer_data(dataset_path, captions_path, models, thumbnail_px, max_thumbnails, workers)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
     html = env.get_template("explorer.html.j2").render(
         data=script_json(data), dataset=data["dataset"], thumb_px=thumbnail_px

@@ -66,6 +66,7 @@ rule explorer:
         "benchmarks/{dataset}/explorer.tsv"
     conda:
         "../envs/clipbench.yaml"
+    threads: config["encode"]["threads"]  # decoding thumbnails
     params:
         models=MODELS,
         thumbnail_px=config["explorer"]["thumbnail_px"],

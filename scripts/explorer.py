@@ -1,3 +1,4 @@
+from clipbench.cpus import compute_threads
 from clipbench.explorer import ModelHits, write_explorer
 from clipbench.logs import job_log
 
@@ -15,4 +16,5 @@ with job_log(snakemake.log[0]):
         snakemake.output[0],
         snakemake.params.thumbnail_px,
         snakemake.params.max_thumbnails,
+        workers=compute_threads(snakemake.threads),
     )
