@@ -26,8 +26,12 @@ class ModelHits:
     i2t: str  # results/<dataset>/hits/<model>.i2t.arrow: a row per image
 
 
-def _direction(path: str, candidates: str) -> dict[str, Any]:
+def _direction(path: str, candidates: str, query_ids: str, expected: list[int]) -> dict[str, Any]:
+    """One direction's hits as the page indexes them: by query row, in ``expected``'s order
+    (the dataset's captions, or its image ids)."""
     table = read_table(path)
+    if table[query_ids].to_pylist() != expected:
+        raise ValueError(f"{path}: {query_ids} not in the order of the dataset's tables")
     return {
         "rank": table["rank"].to_pylist(),
         "ties": table["ties"].to_pylist(),
@@ -49,11 +53,7 @@ def explorer_data(
     are indexed by id; the first ``max_thumbnails`` images get a thumbnail, the rest a tile
     with their id (the page stays one that a browser opens at once for large N)."""
     images, captions = read_table(dataset_path), read_table(captions_path)
-    for model, hits in models.items():  # the page indexes every list by row
-        if read_table(hits.t2i)["text_id"] != captions["id"]:
-            raise ValueError(f"{hits.t2i}: captions not in the order of {captions_path}")
-        if read_table(hits.i2t)["image_id"].to_pylist() != list(range(images.num_rows)):
-            raise ValueError(f"{hits.i2t}: images not in id order ({model})")
+    caption_ids, image_ids = captions["id"].to_pylist(), list(range(images.num_rows))
     blobs = images["image"].to_pylist()
     shown = blobs[:max_thumbnails]
     # PIL decodes and resizes without the GIL: threads use every CPU the job may.
@@ -66,13 +66,13 @@ def explorer_data(
         "k": read_metadata(first.t2i)["k"],
         "models": list(models),
         "captions": {
-            "id": captions["id"].to_pylist(),
+            "id": caption_ids,
             "image": captions["image_id"].to_pylist(),
             "text": captions["text"].to_pylist(),
         },
         "images": {"thumb": thumbs, "count": len(blobs)},
-        "t2i": {m: _direction(h.t2i, "image") for m, h in models.items()},
-        "i2t": {m: _direction(h.i2t, "text") for m, h in models.items()},
+        "t2i": {m: _direction(h.t2i, "image", "text_id", caption_ids) for m, h in models.items()},
+        "i2t": {m: _direction(h.i2t, "text", "image_id", image_ids) for m, h in models.items()},
     }
 
 

@@ -55,3 +55,9 @@ def with_defaults(value: Mapping[str, Any], path: tuple[str, ...], what: str) ->
         where = ".".join(map(str, error.absolute_path))
         raise InputError(f"{what}{f' {where}' if where else ''}: {error.message}")
     return instance
+
+
+def frozen(value: Any) -> Any:
+    """JSON lists as tuples (at any depth), so that settings parsed from it are immutable and
+    hashable."""
+    return tuple(frozen(v) for v in value) if isinstance(value, list) else value

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from clipbench.schema import with_defaults
+from clipbench.schema import frozen, with_defaults
 
 if TYPE_CHECKING:
     from clipbench.kinds.base import ModelSpec
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def _section(cls, value: Mapping[str, Any] | None, *path: str):
     entry = with_defaults(value or {}, ("properties", *path), f"config {'.'.join(path)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+    return cls(**{key: frozen(value) for key, value in entry.items()})
 
 
 @dataclass(frozen=True)

@@ -116,34 +116,50 @@ except InputError as exc:
 """
 
 
-def fetch_from(server: FakeHub, cache: Path, attempts: int = 3, file: str = FILE) -> dict:
-    """read_source on a hub source, in a fresh process pointed at the fake hub."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def run_read_source(
+    cache: Path,
+    endpoint: str | None,
+    attempts: int = 4,
+    wait: float = 5,
+    file: str = FILE,
+    source: dict | None = None,
+) -> dict:
+    """read_source on a hub source (default: ``file`` of the test repo), in a fresh process
+    pointed at ``endpoint`` (no proxy; None: offline, the cache alone): its result or error,
+    and its stderr."""
     env = {
         **os.environ,
-        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": endpoint or "http://offline.invalid",
+        "HF_HUB_OFFLINE": "0" if endpoint else "1",
         "HF_HUB_CACHE": str(cache),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_ETAG_TIMEOUT": "5",
         "HF_HUB_DOWNLOAD_TIMEOUT": "5",
     }
-    source = {"hub": {"repo_id": REPO, "revision": COMMIT, "file": file}}
-    retry = {"attempts": attempts, "wait_seconds": 0}
+    for proxy in hub.PROXY_VARIABLES:
+        env.pop(proxy, None)
+    source = source or {"hub": {"repo_id": REPO, "revision": COMMIT, "file": file}}
+    retry = {"attempts": attempts, "wait_seconds": wait}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
+
+
+def fetch_from(server: FakeHub, cache: Path, attempts: int = 3, file: str = FILE) -> dict:
+    """read_source against the fake hub, served for the duration of the call."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        return run_read_source(cache, endpoint, attempts, wait=0, file=file)
     finally:
         server.shutdown()
         server.server_close()
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_clean_download_is_verified_against_the_hub_etag(tmp_path, parquet_bytes):
@@ -298,43 +314,10 @@ def test_a_corrupt_shard_that_cannot_be_refetched_fails_instead_of_dropping_rows
         blob = blobs / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data[:-10] if bad else data)
         (snapshot / f"{shard}.parquet").symlink_to(blob)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
     source = {"hub": {"repo_id": "org/multi", "revision": COMMIT}}
-    retry = {"attempts": 3, "wait_seconds": 0}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    error = json.loads(done.stdout.strip().splitlines()[-1])["error"]
+    error = run_read_source(tmp_path / "cache", None, 3, 0, source=source)["error"]
     assert "['data/train-00001-of-00002.parquet'] arrived corrupt" in error
     assert "HF_HUB_OFFLINE" in error
-
-
-def run_read_source(cache: Path, endpoint: str, attempts: int = 4, wait: float = 5) -> dict:
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": endpoint,
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_CACHE": str(cache),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    for proxy in hub.PROXY_VARIABLES:
-        env.pop(proxy, None)
-    source = {"hub": {"repo_id": REPO, "revision": COMMIT, "file": FILE}}
-    retry = {"attempts": attempts, "wait_seconds": wait}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(source), json.dumps(retry)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
 
 
 NOWHERE = "http://no-such-host.invalid"  # .invalid never resolves (RFC 6761)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from clipbench.errors import InputError
-from clipbench.schema import schema
+from clipbench.schema import frozen, schema
 
 if TYPE_CHECKING:
     from clipbench.encoders import Encoder, Geometry
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
 # A local weights file decides the resize/crop only by being there (no hub tag's
 # preprocessing then applies), not by its path: every such path reads as this.
 LOCAL_WEIGHTS = "local file"
-
-
-def frozen(value: Any) -> Any:
-    """JSON lists as tuples, so that specs are immutable and hashable."""
-    return tuple(frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def slug(value: Any) -> str:

@@ -18,7 +18,8 @@ from clipbench.encoders import (
 )
 from clipbench.errors import InputError
 from clipbench.hub import unresolvable_hub
-from clipbench.kinds.base import ModelSpec, frozen, slug
+from clipbench.kinds.base import ModelSpec, slug
+from clipbench.schema import frozen
 
 if TYPE_CHECKING:
     import torch
