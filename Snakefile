@@ -48,6 +48,7 @@ localrules:
     report,
     explorer,
     robustness_figures,
+    figures,
     summary,
 
 
@@ -60,3 +61,12 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Exit as soon as the last job is done (rules/common.smk: cancel_pending_timers).
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()

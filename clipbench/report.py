@@ -269,6 +269,49 @@ class ModelResults:
     robustness: str | None = None  # when the dataset runs the robustness stage
 
 
+@dataclass(frozen=True)
+class ChartInputs:
+    """What one dataset's charts read, per model in the configured order."""
+
+    models: Sequence[str]
+    metrics: Sequence[str]
+    histograms: Sequence[str]
+    kdes: Sequence[str]
+    ranks: Sequence[str]
+
+    def charts(self, k: int, recall_at: Sequence[int]) -> dict[str, alt.TopLevelMixin]:
+        """The charts of the report and the figures, by figure name."""
+        models = list(self.models)
+        metrics, kde = stack(self.metrics, models), stack(self.kdes, models)
+        return {
+            "hits_at_k": charts.hits_at_k(metrics, models, k),
+            "recall": charts.recall(metrics, models, recall_at),
+            "similarity_histogram": charts.similarity_histogram(
+                stack(self.histograms, models), kde, models
+            ),
+            "similarity_separation": charts.similarity_separation(kde, models),
+            "rank_cdf": charts.rank_cdf(stack(self.ranks, models), models),
+        }
+
+    @classmethod
+    def of(cls, results: Sequence[ModelResults]) -> ChartInputs:
+        return cls(
+            [r.name for r in results],
+            [r.metrics for r in results],
+            [r.histogram for r in results],
+            [r.kde for r in results],
+            [r.ranks for r in results],
+        )
+
+
+def build_figures(
+    inputs: ChartInputs, figures: Sequence[str], k: int, recall_at: Sequence[int]
+) -> None:
+    """Each chart named in ``figures`` as png/svg: a job of its own beside `compare`, so the
+    report, which waits for the comparisons, does not also wait for the renderer."""
+    save_figures(inputs.charts(k, recall_at), figures)
+
+
 def build_report(
     dataset_name: str,
     dataset_path: str,
@@ -276,30 +319,17 @@ def build_report(
     comparisons_path: str,
     references_path: str,
     out_html: str,
-    figures: Sequence[str],
     k: int,
     recall_at: Sequence[int],
     thumb_px: int = 128,
 ) -> None:
-    """One dataset's report over its models' ``results``; writes each chart named in
-    ``figures`` as png/svg too."""
+    """One dataset's report over its models' ``results``."""
     models = [r.name for r in results]
-
-    def stacked(role: str) -> pl.DataFrame:
-        return stack([getattr(r, role) for r in results], models)
-
-    metrics, kde = stacked("metrics"), stacked("kde")
-    named = {
-        "hits_at_k": charts.hits_at_k(metrics, models, k),
-        "recall": charts.recall(metrics, models, recall_at),
-        "similarity_histogram": charts.similarity_histogram(stacked("histogram"), kde, models),
-        "similarity_separation": charts.similarity_separation(kde, models),
-        "rank_cdf": charts.rank_cdf(stacked("ranks"), models),
-    }
-    save_figures(named, figures)
+    named = ChartInputs.of(results).charts(k, recall_at)
+    metrics = stack([r.metrics for r in results], models)
     if all(r.robustness for r in results):
         named["robustness"] = charts.robustness(
-            stacked("robustness"), models, robustness_metric(k, recall_at)
+            stack([r.robustness for r in results], models), models, robustness_metric(k, recall_at)
         )
     dataset_meta = read_metadata(dataset_path)
     render(
@@ -317,7 +347,9 @@ def build_report(
         family=read_metadata(comparisons_path).get("family"),
         references=reference_rows(pl.from_arrow(read_table(references_path)), k),
         bootstrap=read_metadata(results[0].metrics)["bootstrap"],
-        galleries=galleries(stacked("queries"), dataset_path, models, thumb_px),
+        galleries=galleries(
+            stack([r.queries for r in results], models), dataset_path, models, thumb_px
+        ),
         models=[{"name": r.name, **read_metadata(r.embeddings)} for r in results],
         thumb_px=thumb_px,
     )

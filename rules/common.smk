@@ -13,6 +13,7 @@ os.environ.update(
 
 sys.path.insert(0, workflow.basedir)
 from clipbench.config_checks import config_problems
+from clipbench.cpus import usable_cpus
 from clipbench.settings import Settings
 from clipbench.webdataset import expand_braces
 
@@ -33,6 +34,18 @@ VIEW_MODEL = {}
 for _model, _view in VIEWS.items():
     if _view is not None:
         VIEW_MODEL.setdefault(_view, _model)
+
+
+# What the CPU-heavy jobs (pixels, encode, robustness, explorer) claim of --cores. A local run
+# claims no more than the CPUs a job can use (its compute threads are capped there anyway), so
+# the README's `--cores 4` on 2 CPUs leaves slots for the one-thread stages of a model already
+# encoded: they run beside the next encode job, whose start is single-threaded imports, instead
+# of all after the last one. A cluster job claims encode.threads: its allocation is the cap.
+CPU_JOB_THREADS = (
+    min(config["encode"]["threads"], usable_cpus())
+    if workflow.local_exec
+    else config["encode"]["threads"]
+)
 
 
 wildcard_constraints:
@@ -143,6 +156,12 @@ def all_targets():
             model=MODELS,
         ),
         *expand(
+            "results/{dataset}/figures/{figure}.{ext}",
+            dataset=DATASETS,
+            figure=FIGURES,
+            ext=["png", "svg"],
+        ),
+        *expand(
             "results/{dataset}/figures/robustness.{ext}",
             dataset=robustness_datasets(),
             ext=["png", "svg"],
@@ -153,3 +172,15 @@ def all_targets():
             model=MODELS,
         ),
     ]
+
+
+def cancel_pending_timers():
+    """Snakemake's job rate limiter (--max-jobs-per-timespan, 100/1s unless set) leaves a
+    one-second threading.Timer pending after its last scheduling round, and the interpreter
+    waits for it before exiting: about 1 s added to every run. Called once nothing is left to
+    schedule."""
+    import threading
+
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()

@@ -12,7 +12,7 @@ rule pixels:
         "benchmarks/{dataset}/pixels/{view}.tsv"
     conda:
         "../envs/clipbench.yaml"
-    threads: config["encode"]["threads"]
+    threads: CPU_JOB_THREADS
     params:
         geometry=view_geometry_param,
     script:
@@ -35,7 +35,7 @@ rule encode:
         "benchmarks/{dataset}/encode/{model}.tsv"
     conda:
         "../envs/clipbench.yaml"
-    threads: config["encode"]["threads"]
+    threads: CPU_JOB_THREADS
     resources:
         gpu=1,
     params:

@@ -26,12 +26,6 @@ rule report:
             category="Reports",
             labels={"dataset": "{dataset}"},
         ),
-        figures=figure_outputs(
-            "results/{dataset}/figures/{figure}",
-            FIGURES,
-            "Figures",
-            dataset="{dataset}",
-        ),
     log:
         "logs/{dataset}/report.log",
     benchmark:
@@ -45,6 +39,34 @@ rule report:
         thumbnail_px=config["report"]["thumbnail_px"],
     script:
         "../scripts/report.py"
+
+
+# The same charts as PNG/SVG files, rendered beside `compare` rather than after it.
+rule figures:
+    input:
+        metrics=per_model("results/{dataset}/metrics/{model}.arrow"),
+        histograms=per_model("results/{dataset}/histograms/{model}.arrow"),
+        kdes=per_model("results/{dataset}/histograms/{model}.kde.arrow"),
+        ranks=per_model("results/{dataset}/histograms/{model}.ranks.arrow"),
+    output:
+        figure_outputs(
+            "results/{dataset}/figures/{figure}",
+            FIGURES,
+            "Figures",
+            dataset="{dataset}",
+        ),
+    log:
+        "logs/{dataset}/figures.log",
+    benchmark:
+        "benchmarks/{dataset}/figures.tsv"
+    conda:
+        "../envs/clipbench.yaml"
+    params:
+        models=MODELS,
+        top_k=config["retrieval"]["top_k"],
+        recall_at=config["retrieval"]["recall_at"],
+    script:
+        "../scripts/figures.py"
 
 
 rule explorer:
@@ -66,7 +88,7 @@ rule explorer:
         "benchmarks/{dataset}/explorer.tsv"
     conda:
         "../envs/clipbench.yaml"
-    threads: config["encode"]["threads"]  # decoding thumbnails
+    threads: CPU_JOB_THREADS  # decoding thumbnails
     params:
         models=MODELS,
         thumbnail_px=config["explorer"]["thumbnail_px"],

@@ -16,7 +16,7 @@ rule robustness:
         "benchmarks/{dataset}/robustness/{model}.tsv"
     conda:
         "../envs/clipbench.yaml"
-    threads: config["encode"]["threads"]
+    threads: CPU_JOB_THREADS
     resources:
         gpu=1,
     params:

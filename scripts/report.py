@@ -26,7 +26,6 @@ with job_log(snakemake.log[0]):
         comparisons_path=given.comparisons,
         references_path=given.references,
         out_html=snakemake.output.html,
-        figures=list(snakemake.output.figures),
         k=snakemake.params.top_k,
         recall_at=list(snakemake.params.recall_at),
         thumb_px=snakemake.params.thumbnail_px,

@@ -85,6 +85,7 @@ LOCAL = {"demo_dataset", "demo_open_clip", "demo_torchvision", "demo_bert"} | {
     "report",
     "explorer",
     "robustness_figures",
+    "figures",
     "summary",
 }
 

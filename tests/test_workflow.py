@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import os
 import re
 import struct
 import zlib
@@ -45,10 +46,30 @@ def test_dry_run_of_the_default_config_lists_the_whole_dag(tmp_path):
         "compare": 1,
         "references": 1,
         "report": 1,
+        "figures": 1,
         "explorer": 1,
         "summary": 1,
         "all": 1,
     }
+
+
+@pytest.mark.parametrize("n_cpus", [1, 2])
+def test_cpu_heavy_jobs_claim_no_more_cores_than_the_cpus(tmp_path, n_cpus):
+    """`--cores 4` on fewer CPUs: pixels, encode and explorer claim the CPUs they can use, so
+    one-thread stages of an encoded model fit beside the next encode job; the rest claim 1."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < n_cpus:
+        pytest.skip(f"{len(cpus)} CPU(s) here")
+    root = workflow_copy(tmp_path)
+    done = snakemake(root, "-n", "--cores", "4", "--resources", "gpu=1", cpus=set(cpus[:n_cpus]))
+    jobs = re.split(r"\n(?:local)?rule ", done.stdout + done.stderr)
+    claims = {}
+    for job in jobs[1:]:
+        found = re.search(r"^\s+threads: (\d+)$", job, re.M)
+        claims.setdefault(job.split(":", 1)[0], set()).add(int(found[1]) if found else 1)
+    heavy = {"pixels", "encode", "explorer"}
+    assert {rule: claims[rule] for rule in heavy} == {rule: {n_cpus} for rule in heavy}
+    assert all(claim == {1} for rule, claim in claims.items() if rule not in heavy)
 
 
 def test_demo_dataset_artifacts(demo):
@@ -365,6 +386,7 @@ def test_config_change_reruns_only_that_model(demo, tmp_path):
         **per_model,
         "robustness": 1,
         "robustness_figures": 1,
+        "figures": 2,
         "compare": 2,
         "references": 2,
         "report": 2,

@@ -40,7 +40,10 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
-def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    cwd: Path, *args: str, check: bool = True, cpus: set[int] | None = None
+) -> subprocess.CompletedProcess:
+    """``cpus``: run Snakemake pinned to these CPUs (its CPU affinity)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     done = subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
@@ -49,6 +52,7 @@ def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.Completed
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
     )
     if check and done.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
