@@ -134,3 +134,32 @@ def test_kinds_import_without_torch():
         "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_open_clip_is_imported_without_transformers_unless_the_arch_uses_it():
+    """A CLIP job skips transformers' 0.55 s import; an HF text tower later in the same process
+    still finds it (open_clip's HF module imported again), and one first needs no reload."""
+    code = """
+import sys
+from clipbench.kinds import parse_model
+from clipbench.kinds.open_clip import import_open_clip
+
+def spec(arch):
+    return parse_model({"kind": "open_clip", "arch": arch})
+
+open_clip = import_open_clip(spec("RN50"))
+assert "transformers" not in sys.modules and open_clip.hf_model.transformers is None
+import transformers  # the rest of the process may still use it
+assert "hf_model_name" in open_clip.get_model_config("roberta-ViT-B-32")["text_cfg"]
+import_open_clip(spec("roberta-ViT-B-32"))
+assert open_clip.hf_model.transformers is transformers
+assert open_clip.hf_model.AutoConfig is transformers.AutoConfig
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    first_hf = (
+        "import sys; from clipbench.kinds import parse_model;"
+        "from clipbench.kinds.open_clip import import_open_clip;"
+        "m = import_open_clip(parse_model({'kind': 'open_clip', 'arch': 'roberta-ViT-B-32'}));"
+        "assert m.hf_model.transformers is sys.modules['transformers']"
+    )
+    subprocess.run([sys.executable, "-c", first_hf], check=True, cwd=ROOT)

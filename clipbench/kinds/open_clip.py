@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import json
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -95,6 +96,39 @@ class OpenClipSpec(ModelSpec):
 SPEC = OpenClipSpec
 
 
+# What in an architecture's config makes open_clip use transformers: a Hugging Face text tower
+# or tokenizer.
+HF_TEXT_KEYS = ("hf_model_name", "hf_tokenizer_name")
+
+
+def import_open_clip(spec: OpenClipSpec):
+    """open_clip, imported without transformers when ``spec``'s architecture never uses it.
+
+    open_clip imports transformers eagerly, for its Hugging Face text towers: 0.55 s of its
+    1.8 s import (2-vCPU Xeon), paid again by every encode and pixels job. With
+    ``sys.modules["transformers"] = None`` that import fails, and open_clip leaves out its HF
+    parts, as on an install without transformers. Should a later architecture in the same
+    process need them, the module holding them is imported again with transformers."""
+    config = spec._config_file() if ":" not in spec.arch else None
+    needs_hf = config is None or any(key in config.get("text_cfg", {}) for key in HF_TEXT_KEYS)
+    if "open_clip" in sys.modules:
+        import open_clip.hf_model
+
+        if needs_hf and open_clip.hf_model.transformers is None:
+            importlib.reload(open_clip.hf_model)
+        return sys.modules["open_clip"]
+    if needs_hf or "transformers" in sys.modules:
+        import open_clip
+
+        return open_clip
+    sys.modules["transformers"] = None  # type: ignore[assignment]
+    try:
+        import open_clip
+    finally:
+        del sys.modules["transformers"]
+    return open_clip
+
+
 def pinned_open_clip(spec: OpenClipSpec, retry: RetrySettings) -> tuple[str, Any, dict]:
     """The (architecture, pretrained, extra create_model arguments) that load a `revision`-pinned
     hub model: the files fetched at that commit, then loaded as open_clip loads the unpinned
@@ -140,8 +174,9 @@ class OpenClipEncoder(Encoder):
     kind = "open_clip"
 
     def __init__(self, spec: OpenClipSpec, retry: RetrySettings):
-        import open_clip
         from safetensors import SafetensorError
+
+        open_clip = import_open_clip(spec)
 
         arch, checkpoint = spec.arch, spec.checkpoint
         register_model_config(spec)
@@ -280,7 +315,7 @@ def split_geometry(compose) -> tuple[Any, Any, str | None]:
 def open_clip_transform(spec: OpenClipSpec):
     """open_clip's eval transform for a spec, from its model config and (for a pretrained tag)
     the tag's preprocessing overrides, as `create_model_and_transforms` merges them."""
-    import open_clip
+    open_clip = import_open_clip(spec)
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     register_model_config(spec)
