@@ -5,16 +5,27 @@ Snakemake hands a job ``threads`` up to ``--cores``, which may exceed the machin
 Oversubscribed torch threads cost dearly (ViT-B-16 bf16: 148.6 s with 4 threads on 2 CPUs,
 81.6 s with 2), so compute threads are capped by what this process may actually run on: its
 CPU affinity, a cgroup CPU quota (containers), and a SLURM allocation.
+
+On a machine without a GPU, the model jobs of a local run also take turns at the CPUs
+(:func:`cpu_compute_slot`): the next one imports and loads its model, single-threaded seconds,
+while this one computes on every usable CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import logging
 import math
 import os
 import re
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
+log = logging.getLogger("clipbench")
 
 
 def _affinity() -> int:
@@ -70,3 +81,43 @@ def compute_threads(requested: int, env: dict[str, str] | None = None) -> int:
     """Threads for a job asked to run ``requested`` (Snakemake's ``threads``), never more than
     the CPUs it may use."""
     return max(1, min(int(requested), usable_cpus(env)))
+
+
+def cuda_visible(env: dict[str, str] | None = None) -> bool:
+    """Whether this machine shows an NVIDIA GPU to its processes, found without torch (the
+    Snakefile asks, on every run): the driver's device files, unless CUDA_VISIBLE_DEVICES
+    hides them all."""
+    env = dict(os.environ) if env is None else env
+    if env.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
+@contextlib.contextmanager
+def cpu_compute_slot(
+    device_type: str, env: dict[str, str] | None = None, lock: Path | None = None
+) -> Iterator[None]:
+    """Held while a model computes on the CPU: one such job at a time on this machine (per
+    user), so that model jobs may start side by side without oversubscribing the CPUs. Not
+    taken on a GPU, nor inside a SLURM allocation, whose CPUs are the job's own."""
+    env = dict(os.environ) if env is None else env
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        fcntl = None
+    if device_type != "cpu" or "SLURM_JOB_ID" in env or fcntl is None:
+        yield
+        return
+    path = lock or Path(tempfile.gettempdir()) / f"clipbench-cpu-compute-{os.getuid()}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            start = time.perf_counter()
+            log.info("waiting for the CPUs: another model job is computing (%s)", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.info("CPUs free after %.1f s", time.perf_counter() - start)
+        try:
+            yield
+        finally:  # also released by the kernel if the job dies
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -13,7 +13,7 @@ os.environ.update(
 
 sys.path.insert(0, workflow.basedir)
 from clipbench.config_checks import config_problems
-from clipbench.cpus import usable_cpus
+from clipbench.cpus import cuda_visible, usable_cpus
 from clipbench.settings import Settings
 from clipbench.webdataset import expand_braces
 
@@ -45,6 +45,16 @@ CPU_JOB_THREADS = (
     min(config["encode"]["threads"], usable_cpus())
     if workflow.local_exec
     else config["encode"]["threads"]
+)
+
+# The `gpu` a model job (encode, robustness) holds. A local run on a machine without a GPU
+# holds none: the next model job then imports and loads its model (seconds, single-threaded)
+# while this one computes, and they take turns at the CPUs (clipbench.cpus.cpu_compute_slot).
+MODEL_JOB_GPUS = (
+    0
+    if workflow.local_exec
+    and (config["encode"]["device"] == "cpu" or not cuda_visible())
+    else 1
 )
 
 

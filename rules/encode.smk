@@ -37,7 +37,7 @@ rule encode:
         "../envs/clipbench.yaml"
     threads: CPU_JOB_THREADS
     resources:
-        gpu=1,
+        gpu=MODEL_JOB_GPUS,
     params:
         spec=model_spec_param,
         settings=canonical(config["encode"]),

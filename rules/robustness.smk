@@ -18,7 +18,7 @@ rule robustness:
         "../envs/clipbench.yaml"
     threads: CPU_JOB_THREADS
     resources:
-        gpu=1,
+        gpu=MODEL_JOB_GPUS,
     params:
         spec=model_spec_param,
         settings=canonical(config["encode"]),

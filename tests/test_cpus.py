@@ -1,6 +1,7 @@
 """A job never runs more compute threads than the CPUs it may use."""
 
 import os
+import threading
 
 import pytest
 import torch
@@ -81,3 +82,50 @@ def test_the_encode_session_sets_capped_torch_threads(checkpoints, monkeypatch, 
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_model_jobs_take_turns_at_the_cpus(tmp_path):
+    """A second CPU job waits while one computes; it enters once that one leaves."""
+    lock, entered, release = tmp_path / "cpu.lock", threading.Event(), threading.Event()
+
+    def first():
+        with cpus.cpu_compute_slot("cpu", {}, lock):
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert entered.wait(10)
+    second = threading.Event()
+    waiter = threading.Thread(target=lambda: _enter(lock, "cpu", {}, second))
+    waiter.start()
+    assert not second.wait(0.3)  # held: the second job must not compute yet
+    release.set()
+    assert second.wait(10)
+    holder.join(), waiter.join()
+
+
+@pytest.mark.parametrize(
+    ("device", "env"), [("cuda", {}), ("cpu", {"SLURM_JOB_ID": "7"})], ids=["gpu", "slurm"]
+)
+def test_gpu_and_slurm_jobs_do_not_wait_for_the_cpus(tmp_path, device, env):
+    lock, done = tmp_path / "cpu.lock", threading.Event()
+    with cpus.cpu_compute_slot("cpu", {}, lock):
+        waiter = threading.Thread(target=lambda: _enter(lock, device, env, done))
+        waiter.start()
+        assert done.wait(10)
+    waiter.join()
+
+
+def _enter(lock, device, env, event):
+    with cpus.cpu_compute_slot(device, env, lock):
+        event.set()
+
+
+def test_hidden_gpus_are_not_visible(monkeypatch):
+    monkeypatch.setattr(cpus.glob, "glob", lambda pattern: ["/dev/nvidia0"])
+    assert cpus.cuda_visible({})
+    assert not cpus.cuda_visible({"CUDA_VISIBLE_DEVICES": ""})
+    assert not cpus.cuda_visible({"CUDA_VISIBLE_DEVICES": "-1"})
+    monkeypatch.setattr(cpus.glob, "glob", lambda pattern: [])
+    assert not cpus.cuda_visible({})

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from clipbench.arrow_io import read_metadata, read_table
+from clipbench.cpus import cuda_visible
 from clipbench.precision import resolve_precision
 from tests.workflow_runs import DEMO, job_counts, snakemake, workflow_copy
 
@@ -70,6 +71,9 @@ def test_cpu_heavy_jobs_claim_no_more_cores_than_the_cpus(tmp_path, n_cpus):
     heavy = {"pixels", "encode", "explorer"}
     assert {rule: claims[rule] for rule in heavy} == {rule: {n_cpus} for rule in heavy}
     assert all(claim == {1} for rule, claim in claims.items() if rule not in heavy)
+    # Without a GPU the encode jobs hold no `gpu`: one loads while another computes.
+    gpus = {re.search(r"gpu=(\d)", job)[1] for job in jobs if job.startswith("encode:")}
+    assert gpus == ({"1"} if cuda_visible() else {"0"})
 
 
 def test_demo_dataset_artifacts(demo):

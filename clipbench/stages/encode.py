@@ -17,7 +17,7 @@ import torch
 
 from clipbench.arrow_io import read_metadata, read_table, write_table
 from clipbench.batching import batch_sizes
-from clipbench.cpus import compute_threads
+from clipbench.cpus import compute_threads, cpu_compute_slot
 from clipbench.embeddings import embedding_table, l2_normalize
 from clipbench.encode import (
     caption_embeddings,
@@ -200,16 +200,18 @@ def run_encode(
         pixels_path,
         retry,
     )
-    with timed("strict float32 sample", STRICT_SAMPLE):
-        strict = session.strict_sample()
-    with timed("images", session.images.num_rows):
-        images = l2_normalize(session.image_features())
+    with cpu_compute_slot(session.device.type):
+        with timed("strict float32 sample", STRICT_SAMPLE):
+            strict = session.strict_sample()
+        with timed("images", session.images.num_rows):
+            images = l2_normalize(session.image_features())
+        with timed("captions", session.captions.num_rows):
+            caption_raw = session.text_features(session.captions["text"].to_pylist())
+        query_raw = session.text_features(list(queries))
     deviation = deviation_from(strict, images)
-    with timed("captions", session.captions.num_rows):
-        caption_raw = session.text_features(session.captions["text"].to_pylist())
     head = fit_text_head(spec, caption_raw, images, session.caption_image)
     texts = caption_embeddings(head, caption_raw)
-    query_emb = query_embeddings(head, session.text_features(list(queries)))
+    query_emb = query_embeddings(head, query_raw)
     device = session.device
     metadata = {
         "model": model_name,

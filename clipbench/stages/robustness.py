@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from clipbench.arrow_io import embedding_matrix, read_metadata, read_table, write_table
+from clipbench.cpus import cpu_compute_slot
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import caption_embeddings, fit_text_head
 from clipbench.kinds.base import ModelSpec
@@ -32,28 +33,17 @@ def recall_rows(
     return rows
 
 
-def run_robustness(
-    dataset_path: str,
-    captions_path: str,
+def perturbed_rows(
+    session: Session,
+    spec: ModelSpec,
+    robustness: RobustnessSettings,
     images_path: str,
     texts_path: str,
-    model_name: str,
-    spec: ModelSpec,
-    settings: EncodeSettings,
-    robustness: RobustnessSettings,
     k: int,
     recall_at: Sequence[int],
-    out_path: str,
-    threads: int,
-    progress: Progress | None = None,
-    ties: str = "expected",
-    retry: RetrySettings = ONE_ATTEMPT,
-) -> None:
-    """Retrieval as seeded Gaussian pixel noise is added to the images, and as seeded
-    character-level typos are added to the captions (the other side stays clean)."""
-    session = Session.open(
-        spec, settings, dataset_path, captions_path, threads, progress, model_name, retry=retry
-    )
+    ties: str,
+) -> list[tuple]:
+    """(perturbation, level, direction, metric, value) at every level of both perturbations."""
     clean_images = embedding_matrix(read_table(images_path)["embedding"])
     clean_texts = embedding_matrix(read_table(texts_path)["embedding"])
     caption_image, seed = session.caption_image, robustness.seed
@@ -93,6 +83,35 @@ def run_robustness(
             ("caption_typos", float(rate), *r)
             for r in recall_rows(texts, clean_images, caption_image, k, recall_at, ties)
         ]
+    return rows
+
+
+def run_robustness(
+    dataset_path: str,
+    captions_path: str,
+    images_path: str,
+    texts_path: str,
+    model_name: str,
+    spec: ModelSpec,
+    settings: EncodeSettings,
+    robustness: RobustnessSettings,
+    k: int,
+    recall_at: Sequence[int],
+    out_path: str,
+    threads: int,
+    progress: Progress | None = None,
+    ties: str = "expected",
+    retry: RetrySettings = ONE_ATTEMPT,
+) -> None:
+    """Retrieval as seeded Gaussian pixel noise is added to the images, and as seeded
+    character-level typos are added to the captions (the other side stays clean)."""
+    session = Session.open(
+        spec, settings, dataset_path, captions_path, threads, progress, model_name, retry=retry
+    )
+    with cpu_compute_slot(session.device.type):
+        rows = perturbed_rows(
+            session, spec, robustness, images_path, texts_path, k, recall_at, ties
+        )
     columns = list(zip(*rows, strict=True))
     table = pa.table(
         {
@@ -107,7 +126,7 @@ def run_robustness(
         out_path,
         {
             "model": model_name,
-            "seed": seed,
+            "seed": robustness.seed,
             "k": k,
             "ties": ties,
             "dataset": read_metadata(dataset_path).get("dataset"),
