@@ -8,6 +8,7 @@ rule compare:
         "logs/{dataset}/compare.log",
     benchmark:
         "benchmarks/{dataset}/compare.tsv"
+    priority: 1  # the chain the run ends with: compare → references → report
     conda:
         "../envs/clipbench.yaml"
     params:

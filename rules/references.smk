@@ -8,6 +8,7 @@ rule references:
         "logs/{dataset}/references.log",
     benchmark:
         "benchmarks/{dataset}/references.tsv"
+    priority: 1  # the chain the run ends with: compare → references → report
     conda:
         "../envs/clipbench.yaml"
     params:

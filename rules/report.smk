@@ -30,6 +30,7 @@ rule report:
         "logs/{dataset}/report.log",
     benchmark:
         "benchmarks/{dataset}/report.tsv"
+    priority: 1  # the chain the run ends with: compare → references → report
     conda:
         "../envs/clipbench.yaml"
     params:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -143,7 +144,12 @@ def run_workflow(root: Path, config: dict, label: str) -> dict:
     jobs = job_seconds(work)
     # The tail the stages after encode add to the wall: from the last embeddings written.
     last_encode = max(p.stat().st_mtime for p in (work / "results").glob("*/embeddings/*/*"))
-    encode = {k.rsplit("/", 1)[-1]: v for k, v in jobs.items() if "/encode/" in k}
+    # Each encode job's own time, less what it waited for another model job's compute.
+    encode = {
+        k.rsplit("/", 1)[-1]: v - waited_for_cpus(work / "logs" / f"{k}.log")
+        for k, v in jobs.items()
+        if "/encode/" in k
+    }
     return {
         "seconds": wall,
         "jobs": len(jobs),
@@ -158,6 +164,12 @@ def run_workflow(root: Path, config: dict, label: str) -> dict:
         "after_last_encode_share": (finished - last_encode) / wall,
         "noop_seconds": _noop(command),
     }
+
+
+def waited_for_cpus(log: Path) -> float:
+    """Seconds a model job's log says it waited for the CPUs (clipbench.cpus)."""
+    text = log.read_text() if log.exists() else ""
+    return sum(float(s) for s in re.findall(r"CPUs free after ([0-9.]+) s", text))
 
 
 def _noop(command: list[str]) -> float:
