@@ -88,7 +88,7 @@ def test_clean_runs_write_byte_identical_artifacts(uninterrupted, demo):
     assert {p: cut[p] for p in shared} == {p: whole[p] for p in shared}
 
 
-def test_sigkill_during_download_encode_and_report_then_rerun(uninterrupted, tmp_path):
+def test_sigkill_during_download_encode_and_figures_then_rerun(uninterrupted, tmp_path):
     root = workflow_copy(tmp_path)
     args = cut_demo(root)
     # Each stage is killed between two of its outputs: the first renamed into place, the last
@@ -100,7 +100,7 @@ def test_sigkill_during_download_encode_and_report_then_rerun(uninterrupted, tmp
             "results/demo/embeddings/tiny-rn/texts.arrow",
             "results/demo/embeddings/tiny-rn/queries.arrow",
         ),
-        "report": ("results/demo/figures/rank_cdf.svg", "results/demo/report.html"),
+        "figures": ("results/demo/figures/rank_cdf.png", "results/demo/figures/rank_cdf.svg"),
     }
     for stage, (written, held) in stages.items():
         # A killed run leaves its lock behind: --unlock first, as Snakemake's message says.

@@ -357,8 +357,8 @@ def test_every_rule_wrote_log_and_benchmark(demo):
         for p in (demo / "benchmarks").rglob("*.tsv")
     }
     # download, pixels for 2 views (64² CLIP, 224² ResNet), per-model jobs (the clip-retrieval
-    # export among them), compare, references, report, explorer
-    per_dataset = 1 + 2 + 6 * len(DEMO_MODELS) + 4
+    # export among them), compare, references, report, figures, explorer
+    per_dataset = 1 + 2 + 6 * len(DEMO_MODELS) + 5
     robustness = len(DEMO_MODELS) + 1  # demo only: per model + figures
     demo_inputs = 8  # 2 parquets, 2 open_clip, resnet18, bert, 2 transformers
     assert logs == marks
