@@ -129,3 +129,9 @@ def test_hidden_gpus_are_not_visible(monkeypatch):
     assert not cpus.cuda_visible({"CUDA_VISIBLE_DEVICES": "-1"})
     monkeypatch.setattr(cpus.glob, "glob", lambda pattern: [])
     assert not cpus.cuda_visible({})
+
+
+def test_local_jobs_openmp_threads_wait_briefly():
+    assert cpus.openmp_waiting(True, {}) == {"GOMP_SPINCOUNT": cpus.OPENMP_SPIN_ROUNDS}
+    assert cpus.openmp_waiting(True, {"GOMP_SPINCOUNT": "300000"}) == {}  # the user's wins
+    assert cpus.openmp_waiting(False, {}) == {}  # a cluster job's CPUs are its own
