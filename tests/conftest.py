@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 
 # Tests never touch the network: the hub libraries fail fast instead of trying.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-# Derived caches (the report's JavaScript bundle) in a folder of this run, not the user's.
-os.environ.setdefault("CLIPBENCH_CACHE", tempfile.mkdtemp(prefix="clipbench-cache-"))
+# Derived caches (the report's JavaScript bundle) in a folder of this run, not the user's,
+# removed when the run ends.
+if "CLIPBENCH_CACHE" not in os.environ:
+    os.environ["CLIPBENCH_CACHE"] = tempfile.mkdtemp(prefix="clipbench-cache-")
+    atexit.register(shutil.rmtree, os.environ["CLIPBENCH_CACHE"], ignore_errors=True)
 from pathlib import Path
 
 import pytest
