@@ -100,13 +100,15 @@ def openmp_waiting(local: bool, env: Mapping[str, str]) -> dict[str, str]:
 
 
 def cuda_visible(env: dict[str, str] | None = None) -> bool:
-    """Whether this machine shows an NVIDIA GPU to its processes, found without torch (the
-    Snakefile asks, on every run): the driver's device files, unless CUDA_VISIBLE_DEVICES
-    hides them all."""
+    """Whether this machine shows a GPU torch would use as ``cuda`` to its processes, found
+    without torch (the Snakefile asks, on every run): NVIDIA's device files, or ROCm's
+    ``/dev/kfd``, unless CUDA_VISIBLE_DEVICES hides them all."""
     env = dict(os.environ) if env is None else env
     if env.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return False
-    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/proc/driver/nvidia/gpus/*"))
+    return any(
+        glob.glob(p) for p in ("/dev/nvidia[0-9]*", "/proc/driver/nvidia/gpus/*", "/dev/kfd")
+    )
 
 
 @contextlib.contextmanager
