@@ -6,6 +6,7 @@ their data inline, and thumbnails are data URIs, so it opens offline and can be 
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -299,10 +300,15 @@ class ChartInputs:
     kdes: Sequence[str]
     ranks: Sequence[str]
 
+    @functools.cached_property
+    def stacked_metrics(self) -> pl.DataFrame:
+        """Every model's metrics in one frame, read once for the charts and the tables."""
+        return stack(self.metrics, list(self.models))
+
     def charts(self, k: int, recall_at: Sequence[int]) -> dict[str, alt.TopLevelMixin]:
         """The charts of the report and the figures, by figure name."""
-        models = list(self.models)
-        metrics, kde = stack(self.metrics, models), stack(self.kdes, models)
+        models, metrics = list(self.models), self.stacked_metrics
+        kde = stack(self.kdes, models)
         return {
             "hits_at_k": charts.hits_at_k(metrics, models, k),
             "recall": charts.recall(metrics, models, recall_at),
@@ -345,8 +351,8 @@ def build_report(
 ) -> None:
     """One dataset's report over its models' ``results``."""
     models = [r.name for r in results]
-    named = ChartInputs.of(results).charts(k, recall_at)
-    metrics = stack([r.metrics for r in results], models)
+    inputs = ChartInputs.of(results)
+    named, metrics = inputs.charts(k, recall_at), inputs.stacked_metrics
     if all(r.robustness for r in results):
         named["robustness"] = charts.robustness(
             stack([r.robustness for r in results], models), models, robustness_metric(k, recall_at)
