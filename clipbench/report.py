@@ -19,6 +19,7 @@ import polars as pl
 
 from clipbench import charts
 from clipbench.arrow_io import atomic_path, read_metadata, read_table, write_table
+from clipbench.cache import cache_dir
 from clipbench.pages import TEMPLATES, script_json, thumbnail_uri
 from clipbench.references import COUNTS
 from clipbench.stages.scores import compared_metrics
@@ -175,17 +176,6 @@ def galleries(
         ]
         out.append({"query": query, "models": per_model})
     return out
-
-
-def cache_dir() -> Path:
-    """Where derived, version-keyed files are kept between jobs ($CLIPBENCH_CACHE, else the
-    user's cache folder)."""
-    import os
-
-    if os.environ.get("CLIPBENCH_CACHE"):
-        return Path(os.environ["CLIPBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "clipbench"
 
 
 def vega_bundle() -> str:

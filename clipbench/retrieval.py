@@ -162,12 +162,6 @@ def _order_key(score: np.ndarray, positive: np.ndarray, cand: np.ndarray) -> np.
     )
 
 
-# Above this many tiles the per-tile reductions run as one compiled (inductor) kernel: the
-# compile costs ~2–4 s and saves ~3 ms per 4M-score tile (4.3 ms eager, 1.2 compiled, on 2
-# cores), so it pays from about 1,000 tiles (N ≈ 65,000 at the default tile size).
-COMPILE_TILES = 1000
-
-
 def tile_stats(scores, floor_rows, floor_cols):
     """One pass over a score tile: per row and per column, how many entries reach the floor
     (the query's positive score) and how many pass it (the two give its rank and its ties),
@@ -183,29 +177,6 @@ def tile_stats(scores, floor_rows, floor_cols):
         scores.amax(1),
         scores.amax(0),
     )
-
-
-def _stats_function(device: torch.device, tiles: int):
-    """tile_stats, compiled into one fused pass where that pays and works (CPU, many tiles),
-    else eager; a compiler failure falls back to eager."""
-    import torch
-
-    if device.type != "cpu" or tiles < COMPILE_TILES:
-        return tile_stats
-    compiled = torch.compile(tile_stats, dynamic=True)
-    state = {"fn": compiled}
-
-    def stats(*args):
-        try:
-            return state["fn"](*args)
-        except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported build
-            if state["fn"] is tile_stats:
-                raise
-            warnings.warn(f"compiled tile reductions unavailable ({exc}); eager", stacklevel=2)
-            state["fn"] = tile_stats
-            return tile_stats(*args)
-
-    return stats
 
 
 def _top_floor(scores, floor: np.ndarray, k: int, dim: int):
@@ -235,6 +206,121 @@ def _entries(scores, floor, best, dim: int):
     found = torch.nonzero(sub >= floor[reaching].unsqueeze(across), as_tuple=True)
     query, cand = found if dim == 0 else found[::-1]
     return reaching[query].cpu().numpy(), cand.cpu().numpy(), sub[found].cpu().numpy()
+
+
+@dataclass
+class _PassState:
+    """What a tiled pass accumulates per query (captions in grouped order, images in theirs)."""
+
+    k: int
+    order: np.ndarray  # grouped position → the caption's own index
+    positive_score: torch.Tensor  # per caption, set by its diagonal tile
+    best: torch.Tensor  # per image, its best positive's score, set by its diagonal tile
+    count_t: torch.Tensor  # per caption, scores ≥ its positive's
+    count_i: torch.Tensor  # per image, scores ≥ its best positive's
+    above_t: torch.Tensor  # per caption, scores > its positive's
+    above_i: torch.Tensor  # per image, scores > its best positive's
+    top_t: RunningTopK
+    top_i: RunningTopK
+
+
+def _reduce_torch(state: _PassState, scores, rows: slice, cols: slice, own_col) -> None:
+    """One tile's counts and top-K candidates in torch: any device; the native pass's reference."""
+    reach_rows, reach_cols, pass_rows, pass_cols, max_rows, max_cols = tile_stats(
+        scores, state.positive_score[rows], state.best[cols]
+    )
+    state.count_t[rows] += reach_rows
+    state.count_i[cols] += reach_cols
+    state.above_t[rows] += pass_rows
+    state.above_i[cols] += pass_cols
+    k, top_t, top_i = state.k, state.top_t, state.top_i
+    floor = _top_floor(scores, top_t.threshold(rows), k, dim=0)
+    r, c, v = _entries(scores, floor, max_rows, dim=0)
+    own = own_col[r] == c if own_col is not None else np.zeros(r.size, bool)
+    top_t.offer(r + rows.start, c + cols.start, v, own)
+    floor = _top_floor(scores, top_i.threshold(cols), k, dim=1)
+    c, r, v = _entries(scores, floor, max_cols, dim=1)
+    own = own_col[r] == c if own_col is not None else np.zeros(r.size, bool)
+    top_i.offer(c + cols.start, state.order[r + rows.start], v, own)
+
+
+class NativeTilePass:
+    """One tile's counts and top-K merge in one C pass over it (clipbench/tile_pass.c), split
+    by rows and by column stripes over ``threads`` Python threads (ctypes releases the GIL).
+    Per 2048² tile on 2 cores it replaces ~8 ms of torch reductions, gathers and merges."""
+
+    def __init__(self, lib, threads: int):
+        import ctypes
+
+        self.kernel = lib.tile_pass
+        pointer, integer = ctypes.c_void_p, ctypes.c_int64
+        self.kernel.argtypes = [pointer, integer, integer, integer] + [pointer] * 3
+        self.kernel.argtypes += [integer] + [pointer] * 11 + [integer, integer]
+        self.kernel.restype = None
+        self.threads = threads
+        self.pool = None
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tile-pass")
+
+    def __call__(self, state: _PassState, scores, rows: slice, cols: slice, own_col) -> None:
+        assert scores.is_contiguous() and scores.device.type == "cpu"
+        n_rows, n_cols = scores.shape
+        if own_col is not None:
+            own_col = np.ascontiguousarray(own_col, dtype=np.int64)
+
+        def at(array, start: int):  # address of row `start` (torch tensor or numpy array)
+            if isinstance(array, np.ndarray):
+                return array.ctypes.data + start * array.strides[0]
+            return array.data_ptr() + start * array.stride(0) * array.element_size()
+
+        k, top_t, top_i = state.k, state.top_t, state.top_i
+        args = [
+            scores.data_ptr(),
+            n_rows,
+            n_cols,
+            k,
+            at(state.positive_score, rows.start),
+            at(state.best, cols.start),
+            None if own_col is None else own_col.ctypes.data,
+            cols.start,
+            at(state.order, rows.start),
+            at(state.count_t, rows.start),
+            at(state.above_t, rows.start),
+            at(top_t.score, rows.start),
+            at(top_t.index, rows.start),
+            at(top_t.positive, rows.start),
+            at(state.count_i, cols.start),
+            at(state.above_i, cols.start),
+            at(top_i.score, cols.start),
+            at(top_i.index, cols.start),
+            at(top_i.positive, cols.start),
+        ]
+        if self.pool is None:
+            self.kernel(*args, 0, 1)
+            return
+        parts = [self.pool.submit(self.kernel, *args, p, self.threads) for p in range(self.threads)]
+        for part in parts:
+            part.result()
+
+
+def _tile_reducer(device: torch.device, kernel: str):
+    """The native pass on CPU where it builds (``auto``) or is asked for, else torch."""
+    import torch
+
+    if kernel not in ("auto", "native", "torch"):
+        raise ValueError(f"unknown tile kernel {kernel!r}")
+    if kernel == "torch" or device.type != "cpu":
+        return _reduce_torch
+    from clipbench import native
+
+    lib = native.load("tile_pass")
+    if lib is None:
+        if kernel == "native":
+            raise RuntimeError("the native tile pass cannot be built here (no C compiler?)")
+        return _reduce_torch
+    return NativeTilePass(lib, torch.get_num_threads())
 
 
 def _tensor(matrix: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -279,11 +365,13 @@ def retrieve_both(
     k: int,
     tile_scores: int = TILE_SCORES,
     device: str | None = None,
+    kernel: str = "auto",
 ) -> tuple[RetrievalResult, RetrievalResult]:
     """Text→image (each caption searches all images, its own image is the positive) and
     image→text (each image searches all captions, its own captions are positives) from one
     pass over the caption × image score matrix, tile by tile, on ``device`` (default: the
-    job's GPU if it has one).
+    job's GPU if it has one). ``kernel``: what reduces each tile on CPU, ``native`` (the C
+    pass, clipbench/tile_pass.c), ``torch``, or ``auto`` (native where it builds).
 
     A matrix that fits one tile is computed densely (:func:`retrieve_dense`). Otherwise
     memory is O(tile_scores + (n_texts + n_images) × k); the matrix is never held. Every score
@@ -324,15 +412,19 @@ def retrieve_both(
     largest = int(np.diff(caption_cuts).max()) * width
     # Reused: no 64 MB page faults per tile.
     buffer = torch.empty(largest, dtype=torch.float32, device=where)
-    stats = _stats_function(where, tiles * tiles)
-
-    positive_score = torch.empty(n_texts, dtype=torch.float32, device=where)  # sorted order
-    best = torch.full((n_images,), -torch.inf, dtype=torch.float32, device=where)
-    count_t = torch.zeros(n_texts, dtype=torch.int64, device=where)  # ≥ the positive score
-    count_i = torch.zeros(n_images, dtype=torch.int64, device=where)  # ≥ the best positive
-    above_t = torch.zeros(n_texts, dtype=torch.int64, device=where)  # > the positive score
-    above_i = torch.zeros(n_images, dtype=torch.int64, device=where)  # > the best positive
-    top_t, top_i = RunningTopK(n_texts, k), RunningTopK(n_images, k)
+    state = _PassState(
+        k=k,
+        order=order,
+        positive_score=torch.empty(n_texts, dtype=torch.float32, device=where),  # sorted order
+        best=torch.full((n_images,), -torch.inf, dtype=torch.float32, device=where),
+        count_t=torch.zeros(n_texts, dtype=torch.int64, device=where),
+        count_i=torch.zeros(n_images, dtype=torch.int64, device=where),
+        above_t=torch.zeros(n_texts, dtype=torch.int64, device=where),
+        above_i=torch.zeros(n_images, dtype=torch.int64, device=where),
+        top_t=RunningTopK(n_texts, k),
+        top_i=RunningTopK(n_images, k),
+    )
+    reduce_tile = _tile_reducer(where, kernel)
 
     def visit(a: int, b: int) -> None:
         rows = slice(int(caption_cuts[a]), int(caption_cuts[a + 1]))
@@ -340,24 +432,13 @@ def retrieve_both(
         n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
         scores = buffer[: n_rows * n_cols].view(n_rows, n_cols)
         torch.matmul(texts[rows], images[cols].T, out=scores)
-        local = own[rows] - cols.start
+        own_col = None  # per row, its positive's column in this tile
         if a == b:  # the diagonal tile holds all positives of these rows and columns
-            local_t = own_t[rows] - cols.start
-            positive_score[rows] = scores[torch.arange(n_rows, device=where), local_t]
-            best.scatter_reduce_(0, own_t[rows], positive_score[rows], "amax")
-        reach_rows, reach_cols, pass_rows, pass_cols, max_rows, max_cols = stats(
-            scores, positive_score[rows], best[cols]
-        )
-        count_t[rows] += reach_rows
-        count_i[cols] += reach_cols
-        above_t[rows] += pass_rows
-        above_i[cols] += pass_cols
-        floor = _top_floor(scores, top_t.threshold(rows), k, dim=0)
-        r, c, v = _entries(scores, floor, max_rows, dim=0)
-        top_t.offer(r + rows.start, c + cols.start, v, (a == b) & (local[r] == c))
-        floor = _top_floor(scores, top_i.threshold(cols), k, dim=1)
-        c, r, v = _entries(scores, floor, max_cols, dim=1)
-        top_i.offer(c + cols.start, order[r + rows.start], v, (a == b) & (local[r] == c))
+            own_col = own[rows] - cols.start
+            positive = scores[torch.arange(n_rows, device=where), own_t[rows] - cols.start]
+            state.positive_score[rows] = positive
+            state.best.scatter_reduce_(0, own_t[rows], positive, "amax")
+        reduce_tile(state, scores, rows, cols, own_col)
 
     with torch.inference_mode():
         for a in range(tiles):
@@ -367,6 +448,8 @@ def retrieve_both(
                 if a != b:
                     visit(a, b)
 
+    positive_score, best, top_t, top_i = state.positive_score, state.best, state.top_t, state.top_i
+    count_t, count_i, above_t, above_i = state.count_t, state.count_i, state.above_t, state.above_i
     positive_np = positive_score.cpu().numpy()
     best_np = best.cpu().numpy()
     # Counts include the positives reaching the threshold: a caption's own (always), an

@@ -89,9 +89,10 @@ def dense_reference(texts, images, caption_image, k):
     return results
 
 
+@pytest.mark.parametrize("kernel", ["native", "torch"])
 @pytest.mark.parametrize("tile_scores", [1, 7, 60, 1536, 1 << 22])
 @pytest.mark.parametrize("ties", [False, True])
-def test_tiled_single_pass_equals_dense_reference(tile_scores, ties):
+def test_tiled_single_pass_equals_dense_reference(tile_scores, ties, kernel):
     # 53 × 29 = 1537 scores: from 1536 on, one tile: the dense numpy path itself.
     rng = np.random.default_rng(2)
     if ties:  # small integer vectors: exact dot products in any summation order, many ties
@@ -104,7 +105,7 @@ def test_tiled_single_pass_equals_dense_reference(tile_scores, ties):
     caption_image = rng.integers(0, 29, size=53)
     caption_image[:3] = 0
     caption_image[3 + rng.permutation(50)[:28]] = np.arange(1, 29)  # every image has a caption
-    got = retrieve_both(texts, images, caption_image, 5, tile_scores=tile_scores)
+    got = retrieve_both(texts, images, caption_image, 5, tile_scores=tile_scores, kernel=kernel)
     for result, (rank, best, idx, top_score, place) in zip(
         got, dense_reference(texts, images, caption_image, 5), strict=True
     ):
@@ -171,33 +172,87 @@ def test_vectorised_topk_equals_the_exact_per_row_sort():
     np.testing.assert_array_equal(fast, exact)
 
 
+def native_tile_pass():
+    """The C tile pass, which must build wherever there is a C compiler (as in CI)."""
+    import shutil
+
+    from clipbench import native
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the hits stage keeps its torch path here")
+    lib = native.load("tile_pass")
+    assert lib is not None, "a C compiler is here, but the tile pass did not build"
+    return lib
+
+
+RESULT_FIELDS = ("rank", "positive_score", "topk_index", "topk_score", "ties", "tied_positives")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("tile_scores", [7, 60, 500])
 @pytest.mark.parametrize("ties", [False, True])
-def test_compiled_tile_reductions_equal_the_eager_ones(monkeypatch, ties):
-    """Above COMPILE_TILES tiles the reductions run as one inductor kernel: same counts and
-    maxima as eager, so the same ranks and top-K as the dense reference."""
+def test_native_tile_pass_equals_the_torch_path_bit_for_bit(threads, tile_scores, ties):
+    """The C pass (counts and top-K merge in one read of each tile) against the torch
+    reductions it replaces on CPU: every field identical, with ties at the top-K cut, several
+    captions per image in shuffled order, tiles narrower than k, and parts of uneven size."""
     import torch
 
-    from clipbench import retrieval
-
-    rng = np.random.default_rng(4)
-    scores = torch.from_numpy(rng.standard_normal((37, 23)).astype(np.float32))
+    native_tile_pass()
+    rng = np.random.default_rng(5)
     if ties:
-        scores = scores.round()
-    floors = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)).round() for n in (37, 23)]
-    monkeypatch.setattr(retrieval, "COMPILE_TILES", 1)
-    compiled = retrieval._stats_function(torch.device("cpu"), tiles=4)
-    assert compiled is not retrieval.tile_stats
-    for got, want in zip(
-        compiled(scores, *floors), retrieval.tile_stats(scores, *floors), strict=True
+        images = rng.integers(-1, 2, size=(41, 3)).astype(np.float32)
+        texts = rng.integers(-1, 2, size=(67, 3)).astype(np.float32)
+    else:
+        images = unit(rng.standard_normal((41, 8)))
+        texts = unit(rng.standard_normal((67, 8)))
+    caption_image = np.concatenate([rng.permutation(41), rng.integers(0, 41, size=26)])
+    rng.shuffle(caption_image)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native = retrieve_both(texts, images, caption_image, 6, tile_scores, kernel="native")
+    finally:
+        torch.set_num_threads(before)
+    reference = retrieve_both(texts, images, caption_image, 6, tile_scores, kernel="torch")
+    for got, want in zip(native, reference, strict=True):
+        for field in RESULT_FIELDS:
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
+    for got, (rank, _, idx, _, place) in zip(
+        native, dense_reference(texts, images, caption_image, 6), strict=True
     ):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-    images = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)
-    texts = rng.integers(-1, 2, size=(29, 3)).astype(np.float32)
-    caption_image = np.arange(29)
-    got = retrieve_both(texts, images, caption_image, 5, tile_scores=60)
-    for result, (rank, _, idx, _, place) in zip(
-        got, dense_reference(texts, images, caption_image, 5), strict=True
-    ):
-        np.testing.assert_array_equal(result.rank, rank)
-        np.testing.assert_array_equal(result.ties, place.tied)
-        np.testing.assert_array_equal(result.topk_index, idx)
+        np.testing.assert_array_equal(got.rank, rank)
+        np.testing.assert_array_equal(got.ties, place.tied)
+        np.testing.assert_array_equal(got.topk_index, idx)
+
+
+def test_native_kernels_are_built_once_per_cpu_and_can_be_turned_off(tmp_path, monkeypatch):
+    from clipbench import native
+
+    native_tile_pass()
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path))
+    native.load.cache_clear()
+    try:
+        assert native.load("tile_pass") is not None
+        (built,) = (tmp_path / "native").glob("tile_pass-*.so")
+        stamp = built.stat().st_mtime_ns
+        native.load.cache_clear()
+        assert native.load("tile_pass") is not None
+        assert built.stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+        native.load.cache_clear()
+        monkeypatch.setenv("CLIPBENCH_NATIVE", "0")
+        assert native.load("tile_pass") is None
+        rng = np.random.default_rng(6)
+        texts, images = unit(rng.standard_normal((9, 4))), unit(rng.standard_normal((9, 4)))
+        with pytest.raises(RuntimeError, match="native tile pass"):
+            retrieve_both(texts, images, np.arange(9), 2, tile_scores=10, kernel="native")
+        auto = retrieve_both(texts, images, np.arange(9), 2, tile_scores=10)  # torch path
+        want_rank = dense_reference(texts, images, np.arange(9), 2)[0][0]
+        np.testing.assert_array_equal(auto[0].rank, want_rank)
+        native.load.cache_clear()
+        monkeypatch.setenv("CLIPBENCH_NATIVE", "1")
+        monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning, then torch
+        monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path / "other"))
+        with pytest.warns(UserWarning, match="tile_pass unavailable"):
+            assert native.load("tile_pass") is None
+    finally:
+        native.load.cache_clear()

@@ -23,7 +23,7 @@ import torch
 
 from clipbench.arrow_io import write_table
 from clipbench.bench.kernels import gemm_peaks, mechanisms, model_throughput
-from clipbench.bench.scale import hits_scaling
+from clipbench.bench.scale import KERNELS, hits_scaling
 from clipbench.bench.workflow import side_by_side, whole_workflow
 from clipbench.cpus import usable_cpus
 from clipbench.precision import resolve_device
@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--hits-sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--hits-kernels",
+        nargs="+",
+        default=["auto"],
+        choices=sorted(KERNELS),
+        help="tile kernels to time the hits stage with (torch: the path without a C compiler)",
+    )
     parser.add_argument("--rows", type=int, default=833, help="dataset rows of workflow/versus")
     parser.add_argument(
         "--versus",
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     if "mechanisms" in args.sections:
         rows += mechanisms(device, repeats)
     if "hits" in args.sections:
-        rows += hits_scaling(args.hits_sizes[:1] if args.quick else args.hits_sizes, 512)
+        sizes = args.hits_sizes[:1] if args.quick else args.hits_sizes
+        rows += hits_scaling(sizes, 512, kernels=tuple(args.hits_kernels))
     if "workflow" in args.sections:
         rows += whole_workflow(out / "workflow", args.rows)
     if "versus" in args.sections:

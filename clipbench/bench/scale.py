@@ -34,13 +34,20 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": int(hwm.split()[1]) / 1024}
 """
 
 
-def hits_scaling(sizes: list[int], dim: int, repeats: int = 1) -> list[dict]:
+# The tile reductions each hits run uses: the default (the C pass where it builds) and the torch
+# path it replaced, which every machine without a C compiler runs.
+KERNELS = {"auto": {}, "torch": {"CLIPBENCH_NATIVE": "0"}}
+
+
+def hits_scaling(
+    sizes: list[int], dim: int, repeats: int = 1, kernels: tuple[str, ...] = ("auto",)
+) -> list[dict]:
     """The whole hits stage (both directions, 1,000 bootstrap resamples, artifacts written) on
     synthetic unit vectors, in a fresh process each (best of ``repeats``): its time, the
     GFLOP/s of the N × N × d score matrix it computes over that whole time, and its peak
-    resident memory."""
+    resident memory; once per tile kernel in ``kernels``."""
     rows = []
-    for n in sizes:
+    for n, kernel in ((n, kernel) for n in sizes for kernel in kernels):
         results = []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
@@ -49,14 +56,19 @@ def hits_scaling(sizes: list[int], dim: int, repeats: int = 1) -> list[dict]:
                     capture_output=True,
                     text=True,
                     check=True,
-                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+                    env={
+                        **os.environ,
+                        **KERNELS[kernel],
+                        "PYTHONPATH": str(Path(__file__).parents[2]),
+                    },
                 )
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         best = min(results, key=lambda r: r["seconds"])
         rows.append(
             {
                 "section": "hits",
-                "name": f"hits stage, N = {n:,}, d = {dim}",
+                "name": f"hits stage, N = {n:,}, d = {dim}"
+                + ("" if kernel == "auto" else f", {kernel} tile kernel"),
                 "n": n,
                 "peak": "fp32",
                 "gflops": 2 * n * n * dim / best["seconds"] / 1e9,

@@ -1,0 +1,86 @@
+"""C kernels compiled on first use by the machine's C compiler and loaded with ctypes.
+
+A shared library is cached per source, compiler and CPU (a cache folder shared by cluster
+nodes of different CPUs keeps one per CPU); where no compiler works, :func:`load` returns None
+and the caller keeps its torch path. ctypes releases the GIL during a call, so Python threads
+can run one kernel on several parts at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+from clipbench.cache import cache_dir
+
+HERE = Path(__file__).parent
+
+
+def _cpu_identity() -> str:
+    """The CPU's model and feature flags: what -march=native compiles for."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _arch_flags() -> list[str]:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return ["-march=native"]
+    if machine in ("aarch64", "arm64"):
+        return ["-mcpu=native"]
+    return []
+
+
+def _compile(compiler: str, source: Path, target: Path) -> None:
+    """Compile to a temporary file and move it into place: concurrent jobs never load a
+    half-written library. Retried without the CPU-specific flags if the compiler refuses them."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    base = ["-O3", "-shared", "-fPIC", "-std=c99"]
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        for flags in (base + _arch_flags(), base):
+            done = subprocess.run(
+                [compiler, *flags, "-o", str(out), str(source)], capture_output=True, text=True
+            )
+            if done.returncode == 0:
+                os.replace(out, target)
+                return
+        raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The library built from ``clipbench/<name>.c``, or None (with a warning) where it cannot
+    be built or loaded. ``$CLIPBENCH_NATIVE=0`` turns every kernel off."""
+    if os.environ.get("CLIPBENCH_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = HERE / f"{name}.c"
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        key = hashlib.sha256(
+            "\0".join([source.read_text(), compiler, version, _cpu_identity()]).encode()
+        ).hexdigest()[:16]
+        target = cache_dir() / "native" / f"{name}-{key}.so"
+        if not target.is_file():
+            _compile(compiler, source, target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        warnings.warn(f"native kernel {name} unavailable ({exc}); torch path", stacklevel=2)
+        return None
