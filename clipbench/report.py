@@ -224,14 +224,20 @@ def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) ->
                 named[name].save(str(tmp), format=fmt_)
 
 
-def render(template: str, out_html: str, named_charts: dict[str, Any], **context) -> None:
-    env = jinja2.Environment(
+def templates() -> jinja2.Environment:
+    """The pages' templates; a block tag swallows the newline after it (``trim_blocks``), so
+    text that must follow one with a space says so."""
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    html = env.get_template(template).render(
+
+
+def render(template: str, out_html: str, named_charts: dict[str, Any], **context) -> None:
+    page = templates().get_template(template)
+    html = page.render(
         charts={n: script_json(c.to_dict()) for n, c in named_charts.items()},
         vega_bundle=vega_bundle(),
         **context,
