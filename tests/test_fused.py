@@ -9,8 +9,10 @@ from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts
 from clipbench.fused import (
     ConvAct,
+    FusedAttentionPool,
     FusedBlock,
     fusable,
+    fuse_attention_pools,
     fuse_convolutions,
     fuse_transformer_blocks,
 )
@@ -87,6 +89,41 @@ def test_folded_convolutions_equal_the_stock_tower(dtype):
         got = fused(x).float()
     tolerance = 1e-4 if dtype == torch.float32 else 0.05
     torch.testing.assert_close(got, want, atol=tolerance * want.abs().max(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_attention_pool_equals_the_stock_pool_and_traces_as_one_call(dtype):
+    """Only the mean token's query and output projection are computed: the same output as
+    open_clip's pool, which projects every position and keeps the first; inside a tower,
+    torch.fx traces it as one call and still folds the convolutions before it."""
+    from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
+
+    torch.manual_seed(0)
+    pool = AttentionPool2d(spacial_dim=4, embed_dim=64, num_heads=4, output_dim=32).eval()
+    with torch.no_grad():
+        for p in pool.parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.5)
+    fused = FusedAttentionPool(pool).to(dtype)
+    x = torch.randn(3, 64, 4, 4).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = pool.to(dtype)(x).float()
+        got = fused(x).float()
+    assert got.shape == want.shape == (3, 32)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.03
+    torch.testing.assert_close(got, want, atol=tolerance * want.abs().max(), rtol=0)
+
+    tower = ModifiedResNet(layers=[1, 1, 1, 1], output_dim=32, heads=4, image_size=64).eval()
+    with torch.inference_mode():
+        want = tower(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    assert fuse_attention_pools(tower) == 1 and isinstance(tower.attnpool, FusedAttentionPool)
+    traced = fuse_convolutions(tower)
+    assert "attention_pool(" in traced.code and any(
+        isinstance(m, ConvAct) for m in traced.modules()
+    )
+    with torch.inference_mode():
+        got = traced(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max(), rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["tiny-rn", "tiny-vit-16", "bert_resnet"])
