@@ -172,15 +172,21 @@ class FusedBlock(nn.Module):
         return linear_add(hidden, x, self.proj_w, self.proj_b)
 
 
-def fuse_transformer_blocks(module: nn.Module) -> int:
-    """Replace every fusable open_clip block under ``module`` in place; returns how many."""
+def _replace(module: nn.Module, matches, replacement) -> int:
+    """Every submodule of ``module`` that ``matches`` swapped in place for ``replacement`` of
+    it; returns how many."""
     count = 0
     for parent in module.modules():
         for name, child in list(parent.named_children()):
-            if fusable(child):
-                setattr(parent, name, FusedBlock(child))
+            if matches(child):
+                setattr(parent, name, replacement(child))
                 count += 1
     return count
+
+
+def fuse_transformer_blocks(module: nn.Module) -> int:
+    """Replace every fusable open_clip block under ``module`` in place; returns how many."""
+    return _replace(module, fusable, FusedBlock)
 
 
 POOL_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "c_proj"}
@@ -248,13 +254,7 @@ class FusedAttentionPool(nn.Module):
 
 def fuse_attention_pools(module: nn.Module) -> int:
     """Replace every open_clip attention pool under ``module`` in place; returns how many."""
-    count = 0
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if pool_fusable(child):
-                setattr(parent, name, FusedAttentionPool(child))
-                count += 1
-    return count
+    return _replace(module, pool_fusable, FusedAttentionPool)
 
 
 class ConvAct(nn.Module):
