@@ -57,7 +57,8 @@ void tile_pass(const float *scores, int64_t n_rows, int64_t n_cols, int64_t k,
                int64_t *row_pass, float *row_score, int64_t *row_index, uint8_t *row_positive_top,
                int64_t *col_reach, int64_t *col_pass, float *col_score, int64_t *col_index,
                uint8_t *col_positive_top, int64_t part, int64_t parts) {
-    /* Rows: counts over the whole row, then entries at or above the floor chunk by chunk. */
+    /* Rows: block by block, the counts, then (only where a block reaches the floor) its
+     * entries at or above the floor into the row's list. */
     for (int64_t i = part_begin(n_rows, part, parts); i < part_begin(n_rows, part + 1, parts);
          i++) {
         const float *row = scores + i * n_cols;
