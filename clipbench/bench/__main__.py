@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from clipbench.arrow_io import write_table
-from clipbench.bench.kernels import gemm_peaks, mechanisms, model_throughput
+from clipbench.bench.kernels import gemm_peaks, gemm_shapes, mechanisms, model_throughput
 from clipbench.bench.scale import KERNELS, hits_scaling
 from clipbench.bench.workflow import side_by_side, whole_workflow
 from clipbench.cpus import usable_cpus
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     rows: list[dict] = []
     if "peaks" in args.sections:
-        sizes = [1024, 2048] if args.quick else [1024, 2048, 4096]
-        rows += gemm_peaks(device, sizes, repeats)
+        squares = [1024, 2048] if args.quick else [1024, 2048, 4096]
+        rows += gemm_peaks(device, gemm_shapes(squares), repeats)
     if "models" in args.sections:
         for precision in args.precision:
             rows += model_throughput(
