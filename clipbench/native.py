@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clipbench.cache import cache_dir
@@ -43,14 +44,17 @@ def _arch_flags() -> list[str]:
     return []
 
 
-def _compile(compiler: str, source: Path, target: Path) -> None:
+def _compile(compiler: str, source: Path, target: Path, extra: tuple[str, ...]) -> None:
     """Compile to a temporary file and move it into place: concurrent jobs never load a
-    half-written library. Retried without the CPU-specific flags if the compiler refuses them."""
+    half-written library. Retried without the ``extra`` flags, then without the CPU-specific
+    ones, if the compiler refuses them."""
     target.parent.mkdir(parents=True, exist_ok=True)
     base = ["-O3", "-shared", "-fPIC", "-std=c99"]
+    arch = _arch_flags()
+    attempts = [base + arch + list(extra), base + arch, base + list(extra), base]
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        for flags in (base + _arch_flags(), base):
+        for flags in dict.fromkeys(tuple(a) for a in attempts):
             done = subprocess.run(
                 [compiler, *flags, "-o", str(out), str(source)], capture_output=True, text=True
             )
@@ -61,9 +65,10 @@ def _compile(compiler: str, source: Path, target: Path) -> None:
 
 
 @functools.cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The library built from ``clipbench/<name>.c``, or None (with a warning) where it cannot
-    be built or loaded. ``$CLIPBENCH_NATIVE=0`` turns every kernel off."""
+def load(name: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The library built from ``clipbench/<name>.c`` (with the compiler flags ``extra`` where
+    the compiler takes them), or None (with a warning) where it cannot be built or loaded.
+    ``$CLIPBENCH_NATIVE=0`` turns every kernel off."""
     if os.environ.get("CLIPBENCH_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -75,12 +80,27 @@ def load(name: str) -> ctypes.CDLL | None:
             [compiler, "--version"], capture_output=True, text=True, check=True
         ).stdout
         key = hashlib.sha256(
-            "\0".join([source.read_text(), compiler, version, _cpu_identity()]).encode()
+            "\0".join([source.read_text(), compiler, version, _cpu_identity(), *extra]).encode()
         ).hexdigest()[:16]
         target = cache_dir() / "native" / f"{name}-{key}.so"
         if not target.is_file():
-            _compile(compiler, source, target)
+            _compile(compiler, source, target, extra)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as exc:
         warnings.warn(f"native kernel {name} unavailable ({exc}); torch path", stacklevel=2)
         return None
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="native")
+
+
+def run_parts(kernel, args: tuple, parts: int) -> list:
+    """``kernel(*args, part, parts)`` for every part, on ``parts`` threads at once (ctypes
+    releases the GIL), the first on the calling thread; the kernels' return values in order."""
+    if parts <= 1:
+        return [kernel(*args, 0, 1)]
+    others = [_pool(parts - 1).submit(kernel, *args, p, parts) for p in range(1, parts)]
+    first = kernel(*args, 0, parts)
+    return [first] + [other.result() for other in others]

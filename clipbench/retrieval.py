@@ -258,11 +258,6 @@ class NativeTilePass:
         self.kernel.argtypes += [integer] + [pointer] * 11 + [integer, integer]
         self.kernel.restype = None
         self.threads = threads
-        self.pool = None
-        if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tile-pass")
 
     def __call__(self, state: _PassState, scores, rows: slice, cols: slice, own_col) -> None:
         assert scores.is_contiguous() and scores.device.type == "cpu"
@@ -297,12 +292,9 @@ class NativeTilePass:
             at(top_i.index, cols.start),
             at(top_i.positive, cols.start),
         ]
-        if self.pool is None:
-            self.kernel(*args, 0, 1)
-            return
-        parts = [self.pool.submit(self.kernel, *args, p, self.threads) for p in range(self.threads)]
-        for part in parts:
-            part.result()
+        from clipbench import native
+
+        native.run_parts(self.kernel, tuple(args), self.threads)
 
 
 def _tile_reducer(device: torch.device, kernel: str):

@@ -11,10 +11,12 @@ from clipbench.fused import (
     ConvAct,
     FusedAttentionPool,
     FusedBlock,
+    _amx_attention,
     fusable,
     fuse_attention_pools,
     fuse_convolutions,
     fuse_transformer_blocks,
+    self_attention,
 )
 from clipbench.kinds import load_encoder
 from clipbench.precision import EMBEDDING_TOLERANCE, resolve_precision
@@ -55,6 +57,89 @@ def test_fused_block_equals_the_stock_block(act, ls, dtype, causal):
     # bf16 rounds differently in fused epilogues: compare as the encode tolerance does.
     tolerance = 1e-5 if dtype == torch.float32 else 0.05
     torch.testing.assert_close(got, want, atol=tolerance * want.abs().max(), rtol=0)
+
+
+def reference_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """Softmax attention in float64, written out."""
+    batch, length, triple = qkv.shape
+    q, k, v = qkv.double().view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return (weights @ v).transpose(1, 2).reshape(batch, length, triple // 3)
+
+
+def flash_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, length, triple = qkv.shape
+    q, k, v = qkv.view(batch, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    attended = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return attended.transpose(1, 2).reshape(batch, length, triple // 3)
+
+
+needs_amx = pytest.mark.skipif(
+    _amx_attention() is None, reason="no AMX-BF16 CPU (or no C compiler): torch's kernel runs"
+)
+
+
+@needs_amx
+@pytest.mark.parametrize(
+    "batch,length,heads,dim",
+    [
+        (2, 50, 12, 64),
+        (1, 197, 3, 64),
+        (3, 1, 2, 32),
+        (2, 16, 2, 32),
+        (2, 17, 1, 96),
+        (1, 33, 2, 128),
+        (1, 64, 1, 256),
+        (2, 7, 4, 160),
+    ],
+)
+def test_amx_attention_is_as_close_to_exact_as_torchs_flash_kernel(batch, length, heads, dim):
+    torch.manual_seed(length + dim)
+    qkv = (torch.randn(batch, length, 3 * heads * dim) * 2).bfloat16()
+    exact = reference_attention(qkv, heads)
+    got = self_attention(qkv, heads)
+    assert got.dtype == torch.bfloat16 and got.shape == exact.shape
+    error = (got.double() - exact).abs()
+    flash_error = (flash_attention(qkv, heads).double() - exact).abs()
+    # Both round the probabilities and the output to bf16; the output's rounding dominates,
+    # so a kernel error shows as a mean error above flash's (a 10% error in one exp
+    # polynomial coefficient: 1.2-1.5x).
+    assert float(error.max()) <= 1.5 * float(flash_error.max()) + 1e-6
+    assert float(error.mean()) <= 1.1 * float(flash_error.mean()) + 1e-6
+
+
+@needs_amx
+def test_amx_attention_gives_the_same_bits_however_its_units_are_split():
+    from clipbench import native
+
+    lib = native.load("attention", ("-fopenmp",))
+    qkv = torch.randn(3, 50, 3 * 4 * 64).bfloat16()
+    whole = self_attention(qkv, 4)
+    for parts in (1, 2, 5):
+        out = torch.empty_like(whole)
+        args = (qkv.data_ptr(), out.data_ptr(), 3, 50, 4, 64, 64**-0.5)
+        assert native.run_parts(lib.attention_part, args, parts) == [0] * parts
+        assert torch.equal(out, whole)
+
+
+@pytest.mark.parametrize(
+    "dtype,dim,grad",
+    [(torch.float32, 64, False), (torch.bfloat16, 16, False), (torch.bfloat16, 64, True)],
+)
+def test_attention_outside_the_kernels_shapes_is_torchs_flash_kernel(dtype, dim, grad):
+    qkv = torch.randn(2, 9, 3 * 2 * dim, dtype=dtype, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        assert torch.equal(self_attention(qkv, 2), flash_attention(qkv, 2))
+
+
+@pytest.mark.parametrize("heads", [4, 2])
+def test_fused_block_with_heads_the_amx_kernel_serves_equals_the_stock_block(heads):
+    stock = block("quick", heads=heads).to(torch.bfloat16)
+    x = torch.randn(3, 50, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        want = stock(x).float()
+        got = FusedBlock(stock)(x).float()
+    torch.testing.assert_close(got, want, atol=0.05 * want.abs().max(), rtol=0)
 
 
 def test_blocks_that_differ_from_the_pattern_are_left_alone():
