@@ -37,27 +37,27 @@ int attention_supported(void) {
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
 
+/* Queries per block: two tiles of 16 rows. */
+#define QUERIES 32
+
 typedef struct {
     uint8_t palette_id, start_row, reserved[14];
     uint16_t colsb[16];
     uint8_t rows[16];
 } tile_config;
 
-/* e^x for x <= 0 (softmax arguments after the row maximum is subtracted): 2^n e^r with
- * |r| <= ln2/2 and a degree-6 polynomial, relative error ~2e-7, far below bf16's 4e-3. */
-static inline __m512 exp_nonpositive(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+/* 2^x for x <= 0 (softmax arguments, in base 2, after the row maximum is subtracted):
+ * 2^n 2^f with n = round(x), |f| <= 1/2 and the degree-5 Taylor polynomial (relative error
+ * ~2e-6, far below bf16's 4e-3); scalef takes 2^n to 0 for any x too small for a float. */
+static inline __m512 exp2_nonpositive(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -65,13 +65,15 @@ static inline void store_bf16(uint16_t *to, __m512 values) {
     _mm256_storeu_si256((__m256i *)to, (__m256i)_mm512_cvtneps_pbh(values));
 }
 
-/* Tiles 0..count-1 (count <= 4) = the sum over `steps` of A_s B_s,j, stored to `to` 16 floats
- * apart: A_s (tile 4) at `left` + s * 64 bytes, B_s,j at `right` + s * `right_step` + 16 j
- * dwords, loaded into tiles 5, 6, 7, 5 in turn, so that no load waits for the product before
- * it to finish reading its tile. */
-static inline void multiply(int64_t count, int64_t steps, const uint16_t *left,
-                            int64_t left_stride, const uint32_t *right, int64_t right_step,
-                            int64_t right_stride, float *to, int64_t to_stride) {
+/* A 32 x 32 block of fp32 sums over `steps` of A_s B_s, stored at `to` (row stride in bytes):
+ * A_s's two 16-row halves (tiles 4, 5) at `left` + 32 s elements and 16 rows further; B_s's
+ * two 16-column halves (tiles 6, 7) at `right` + s `right_step` and 16 dwords further. Four
+ * accumulators (tiles 0-3) and each operand used twice: a load waits for no product still
+ * reading the tile it replaces but the one just issued. */
+static inline void multiply(int64_t steps, const uint16_t *left, int64_t left_stride,
+                            const uint32_t *right, int64_t right_step, int64_t right_stride,
+                            float *to, int64_t to_stride) {
+    const uint16_t *lower = left + 16 * left_stride / sizeof(uint16_t);
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -79,29 +81,22 @@ static inline void multiply(int64_t count, int64_t steps, const uint16_t *left,
     for (int64_t s = 0; s < steps; s++) {
         const uint32_t *b = right + s * right_step;
         _tile_loadd(4, left + 32 * s, left_stride);
-        _tile_loadd(5, b, right_stride);
-        _tile_dpbf16ps(0, 4, 5);
-        if (count > 1) {
-            _tile_loadd(6, b + 16, right_stride);
-            _tile_dpbf16ps(1, 4, 6);
-        }
-        if (count > 2) {
-            _tile_loadd(7, b + 32, right_stride);
-            _tile_dpbf16ps(2, 4, 7);
-        }
-        if (count > 3) {
-            _tile_loadd(5, b + 48, right_stride);
-            _tile_dpbf16ps(3, 4, 5);
-        }
+        _tile_loadd(6, b, right_stride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(5, lower + 32 * s, left_stride);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_loadd(7, b + 16, right_stride);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(3, 5, 7);
     }
+    float *below = to + 16 * to_stride / sizeof(float);
     _tile_stored(0, to, to_stride);
-    if (count > 1) _tile_stored(1, to + 16, to_stride);
-    if (count > 2) _tile_stored(2, to + 32, to_stride);
-    if (count > 3) _tile_stored(3, to + 48, to_stride);
+    _tile_stored(1, to + 16, to_stride);
+    _tile_stored(2, below, to_stride);
+    _tile_stored(3, below + 16, to_stride);
 }
 
-/* One (image, head): keys and values packed, then 16 queries at a time. Tiles 0-3 hold
- * fp32 accumulators, 4 the left operand, 5 the right one. */
+/* One (image, head): keys and values packed, then QUERIES queries at a time. */
 static void one_head(const uint16_t *qkv, uint16_t *out, int64_t length, int64_t heads,
                      int64_t dim, int64_t padded, float scale, uint32_t *keys,
                      uint32_t *values, uint16_t *queries, float *scores, uint16_t *probs,
@@ -143,27 +138,27 @@ static void one_head(const uint16_t *qkv, uint16_t *out, int64_t length, int64_t
                                 _mm512_permutex2var_epi16(even, high, odd));
         }
     }
-    for (int64_t m0 = 0; m0 < length; m0 += 16) {
-        int64_t rows = length - m0 < 16 ? length - m0 : 16;
+    for (int64_t m0 = 0; m0 < length; m0 += QUERIES) {
+        int64_t rows = length - m0 < QUERIES ? length - m0 : QUERIES;
         /* a full block is read in place; the last, partial one from a zero-padded copy */
         const uint16_t *block = qkv + m0 * token_stride;
         int64_t block_stride = token_stride * sizeof(uint16_t);
-        if (rows < 16) {
-            memset(queries, 0, 16 * dim * sizeof(uint16_t));
+        if (rows < QUERIES) {
+            memset(queries, 0, QUERIES * dim * sizeof(uint16_t));
             for (int64_t m = 0; m < rows; m++)
                 memcpy(queries + m * dim, block + m * token_stride, dim * sizeof(uint16_t));
             block = queries;
             block_stride = dim * sizeof(uint16_t);
         }
-        /* scores = Q K^T: 16 keys per tile, 32 dims per step */
-        for (int64_t n0 = 0; n0 < padded; n0 += 64)
-            multiply((padded - n0) / 16 < 4 ? (padded - n0) / 16 : 4, dim / 32, block,
-                     block_stride, keys + n0, 16 * padded, padded * sizeof(uint32_t),
-                     scores + n0, padded * sizeof(float));
+        /* scores = Q K^T: 32 keys per block, 32 dims per step */
+        for (int64_t n0 = 0; n0 < padded; n0 += 32)
+            multiply(dim / 32, block, block_stride, keys + n0, 16 * padded,
+                     padded * sizeof(uint32_t), scores + n0, padded * sizeof(float));
         /* softmax over the real keys; padded keys and query rows get probability 0 */
-        float inverse_sum[16];
-        __m512 vscale = _mm512_set1_ps(scale);
-        for (int64_t m = 0; m < 16; m++) {
+        float inverse_sum[QUERIES];
+        const float scale2 = scale * 1.44269504f; /* log2(e) */
+        const __m512 vscale2 = _mm512_set1_ps(scale2);
+        for (int64_t m = 0; m < QUERIES; m++) {
             float *row = scores + m * padded;
             uint16_t *prow = probs + m * padded;
             if (m >= rows) {
@@ -171,30 +166,28 @@ static void one_head(const uint16_t *qkv, uint16_t *out, int64_t length, int64_t
                 continue;
             }
             __m512 vmax = _mm512_set1_ps(-INFINITY);
-            for (int64_t n = 0; n < padded; n += 16) {
-                __mmask16 real = n + 16 <= length ? 0xFFFF
-                                 : n >= length    ? 0
-                                                  : (__mmask16)((1u << (length - n)) - 1);
+            for (int64_t n = 0; n < length; n += 16) {
+                __mmask16 real = n + 16 <= length ? 0xFFFF : (__mmask16)((1u << (length - n)) - 1);
                 vmax = _mm512_mask_max_ps(vmax, real, vmax, _mm512_loadu_ps(row + n));
             }
-            __m512 vrowmax = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+            /* e^(scale (s - max)) = 2^(s log2e scale - max log2e scale), one FMA */
+            __m512 offset = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale2);
             __m512 vsum = _mm512_setzero_ps();
-            for (int64_t n = 0; n < padded; n += 16) {
-                __mmask16 real = n + 16 <= length ? 0xFFFF
-                                 : n >= length    ? 0
-                                                  : (__mmask16)((1u << (length - n)) - 1);
-                __m512 x = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + n), vrowmax), vscale);
-                __m512 e = _mm512_maskz_mov_ps(real, exp_nonpositive(x));
+            int64_t n = 0;
+            for (; n < length; n += 16) {
+                __mmask16 real = n + 16 <= length ? 0xFFFF : (__mmask16)((1u << (length - n)) - 1);
+                __m512 x = _mm512_fmsub_ps(_mm512_loadu_ps(row + n), vscale2, offset);
+                __m512 e = _mm512_maskz_mov_ps(real, exp2_nonpositive(x));
                 vsum = _mm512_add_ps(vsum, e);
                 store_bf16(prow + n, e);
             }
+            if (n < padded) memset(prow + n, 0, (padded - n) * sizeof(uint16_t));
             inverse_sum[m] = 1.0f / _mm512_reduce_add_ps(vsum);
         }
-        /* outputs = P V: 16 dims per tile, 32 keys per step */
-        for (int64_t d0 = 0; d0 < dim; d0 += 64)
-            multiply((dim - d0) / 16 < 4 ? (dim - d0) / 16 : 4, padded / 32, probs,
-                     padded * sizeof(uint16_t), values + d0, 16 * dim, dim * sizeof(uint32_t),
-                     outputs + d0, dim * sizeof(float));
+        /* outputs = P V: 32 dims per block, 32 keys per step */
+        for (int64_t d0 = 0; d0 < dim; d0 += 32)
+            multiply(padded / 32, probs, padded * sizeof(uint16_t), values + d0, 16 * dim,
+                     dim * sizeof(uint32_t), outputs + d0, dim * sizeof(float));
         for (int64_t m = 0; m < rows; m++) {
             __m512 inverse = _mm512_set1_ps(inverse_sum[m]);
             uint16_t *to = out + (m0 + m) * heads * dim;
@@ -212,10 +205,10 @@ int attention_part(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t le
     const int64_t padded = (length + 31) / 32 * 32;
     uint32_t *keys = aligned_alloc(64, (size_t)(dim / 2) * padded * sizeof(uint32_t));
     uint32_t *values = aligned_alloc(64, (size_t)(padded / 2) * dim * sizeof(uint32_t));
-    uint16_t *queries = aligned_alloc(64, 16 * (size_t)dim * sizeof(uint16_t));
-    float *scores = aligned_alloc(64, 16 * (size_t)padded * sizeof(float));
-    uint16_t *probs = aligned_alloc(64, 16 * (size_t)padded * sizeof(uint16_t));
-    float *outputs = aligned_alloc(64, 16 * (size_t)dim * sizeof(float));
+    uint16_t *queries = aligned_alloc(64, QUERIES * (size_t)dim * sizeof(uint16_t));
+    float *scores = aligned_alloc(64, QUERIES * (size_t)padded * sizeof(float));
+    uint16_t *probs = aligned_alloc(64, QUERIES * (size_t)padded * sizeof(uint16_t));
+    float *outputs = aligned_alloc(64, QUERIES * (size_t)dim * sizeof(float));
     int status = -1;
     if (keys && values && queries && scores && probs && outputs) {
         tile_config config = {0};
