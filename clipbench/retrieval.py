@@ -246,17 +246,20 @@ def _reduce_torch(state: _PassState, scores, rows: slice, cols: slice, own_col) 
 
 class NativeTilePass:
     """One tile's counts and top-K merge in one C pass over it (clipbench/tile_pass.c), split
-    by rows and by column stripes over ``threads`` Python threads (ctypes releases the GIL).
-    Per 2048² tile on 2 cores it replaces ~8 ms of torch reductions, gathers and merges."""
+    by rows and by column stripes over ``threads`` threads: torch's OpenMP ones where the
+    library is built with OpenMP, else Python threads (ctypes releases the GIL). Per 2048²
+    tile on 2 cores it replaces ~8 ms of torch reductions, gathers and merges."""
 
     def __init__(self, lib, threads: int):
         import ctypes
 
-        self.kernel = lib.tile_pass
         pointer, integer = ctypes.c_void_p, ctypes.c_int64
-        self.kernel.argtypes = [pointer, integer, integer, integer] + [pointer] * 3
-        self.kernel.argtypes += [integer] + [pointer] * 11 + [integer, integer]
-        self.kernel.restype = None
+        arguments = [pointer, integer, integer, integer] + [pointer] * 3
+        arguments += [integer] + [pointer] * 11
+        for kernel, extra in ((lib.tile_pass, 2), (lib.tile_pass_threads, 1)):
+            kernel.argtypes = arguments + [integer] * extra
+            kernel.restype = None
+        self.lib, self.openmp = lib, bool(lib.tile_pass_openmp())
         self.threads = threads
 
     def __call__(self, state: _PassState, scores, rows: slice, cols: slice, own_col) -> None:
@@ -292,9 +295,12 @@ class NativeTilePass:
             at(top_i.index, cols.start),
             at(top_i.positive, cols.start),
         ]
+        if self.openmp:
+            self.lib.tile_pass_threads(*args, self.threads)
+            return
         from clipbench import native
 
-        native.run_parts(self.kernel, tuple(args), self.threads)
+        native.run_parts(self.lib.tile_pass, tuple(args), self.threads)
 
 
 def _tile_reducer(device: torch.device, kernel: str):
@@ -307,7 +313,7 @@ def _tile_reducer(device: torch.device, kernel: str):
         return _reduce_torch
     from clipbench import native
 
-    lib = native.load("tile_pass")
+    lib = native.load("tile_pass", ("-fopenmp",))
     if lib is None:
         if kernel == "native":
             raise RuntimeError("the native tile pass cannot be built here (no C compiler?)")

@@ -12,6 +12,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* Entries counted in one vectorised loop before any is looked at one by one: a block that
  * holds an entry at or above its floor is searched again, in cache. */
 #define BLOCK 256
@@ -125,4 +129,37 @@ void tile_pass(const float *scores, int64_t n_rows, int64_t n_cols, int64_t k,
     }
     free(reach);
     free(floor);
+}
+
+/* Whether tile_pass_threads() splits the work over OpenMP threads. Built with -fopenmp, this
+ * library uses the libgomp torch has loaded (the same soname): the threads that ran the tile's
+ * GEMM run its pass, instead of Python threads competing with them while they spin. */
+int tile_pass_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* tile_pass() over all parts, on `threads` OpenMP threads (one without OpenMP). */
+void tile_pass_threads(const float *scores, int64_t n_rows, int64_t n_cols, int64_t k,
+                       const float *row_positive, const float *col_best, const int64_t *own_col,
+                       int64_t col_offset, const int64_t *row_ids, int64_t *row_reach,
+                       int64_t *row_pass, float *row_score, int64_t *row_index,
+                       uint8_t *row_positive_top, int64_t *col_reach, int64_t *col_pass,
+                       float *col_score, int64_t *col_index, uint8_t *col_positive_top,
+                       int64_t threads) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads((int)threads)
+    tile_pass(scores, n_rows, n_cols, k, row_positive, col_best, own_col, col_offset, row_ids,
+              row_reach, row_pass, row_score, row_index, row_positive_top, col_reach, col_pass,
+              col_score, col_index, col_positive_top, omp_get_thread_num(),
+              omp_get_num_threads());
+#else
+    (void)threads;
+    tile_pass(scores, n_rows, n_cols, k, row_positive, col_best, own_col, col_offset, row_ids,
+              row_reach, row_pass, row_score, row_index, row_positive_top, col_reach, col_pass,
+              col_score, col_index, col_positive_top, 0, 1);
+#endif
 }

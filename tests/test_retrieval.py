@@ -180,9 +180,22 @@ def native_tile_pass():
 
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the hits stage keeps its torch path here")
-    lib = native.load("tile_pass")
+    lib = native.load("tile_pass", OPENMP)
     assert lib is not None, "a C compiler is here, but the tile pass did not build"
     return lib
+
+
+OPENMP = ("-fopenmp",)
+
+
+def test_the_tile_pass_runs_on_torchs_openmp_threads_where_gcc_builds_it():
+    import subprocess
+
+    lib = native_tile_pass()
+    version = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout
+    if "gcc" not in version.lower() and "free software foundation" not in version.lower():
+        pytest.skip("not GCC: OpenMP may be missing, and Python threads split the pass")
+    assert lib.tile_pass_openmp() == 1
 
 
 RESULT_FIELDS = ("rank", "positive_score", "topk_index", "topk_score", "ties", "tied_positives")
@@ -191,13 +204,19 @@ RESULT_FIELDS = ("rank", "positive_score", "topk_index", "topk_score", "ties", "
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("tile_scores", [7, 60, 500])
 @pytest.mark.parametrize("ties", [False, True])
-def test_native_tile_pass_equals_the_torch_path_bit_for_bit(threads, tile_scores, ties):
+@pytest.mark.parametrize("openmp", [True, False])
+def test_native_tile_pass_equals_the_torch_path_bit_for_bit(
+    threads, tile_scores, ties, openmp, monkeypatch
+):
     """The C pass (counts and top-K merge in one read of each tile) against the torch
     reductions it replaces on CPU: every field identical, with ties at the top-K cut, several
-    captions per image in shuffled order, tiles narrower than k, and parts of uneven size."""
+    captions per image in shuffled order, tiles narrower than k, and parts of uneven size,
+    split over OpenMP threads or over Python threads."""
     import torch
 
-    native_tile_pass()
+    lib = native_tile_pass()
+    if not openmp:
+        monkeypatch.setattr(lib, "tile_pass_openmp", lambda: 0)
     rng = np.random.default_rng(5)
     if ties:
         images = rng.integers(-1, 2, size=(41, 3)).astype(np.float32)
@@ -232,15 +251,15 @@ def test_native_kernels_are_built_once_per_cpu_and_can_be_turned_off(tmp_path, m
     monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path))
     native.load.cache_clear()
     try:
-        assert native.load("tile_pass") is not None
+        assert native.load("tile_pass", OPENMP) is not None
         (built,) = (tmp_path / "native").glob("tile_pass-*.so")
         stamp = built.stat().st_mtime_ns
         native.load.cache_clear()
-        assert native.load("tile_pass") is not None
+        assert native.load("tile_pass", OPENMP) is not None
         assert built.stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
         native.load.cache_clear()
         monkeypatch.setenv("CLIPBENCH_NATIVE", "0")
-        assert native.load("tile_pass") is None
+        assert native.load("tile_pass", OPENMP) is None
         rng = np.random.default_rng(6)
         texts, images = unit(rng.standard_normal((9, 4))), unit(rng.standard_normal((9, 4)))
         with pytest.raises(RuntimeError, match="native tile pass"):
@@ -253,6 +272,6 @@ def test_native_kernels_are_built_once_per_cpu_and_can_be_turned_off(tmp_path, m
         monkeypatch.setenv("CC", "false")  # a compiler that fails: a warning, then torch
         monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path / "other"))
         with pytest.warns(UserWarning, match="tile_pass unavailable"):
-            assert native.load("tile_pass") is None
+            assert native.load("tile_pass", OPENMP) is None
     finally:
         native.load.cache_clear()
