@@ -77,21 +77,29 @@ def linear_add(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor, b: torch.T
 
 
 @functools.cache
-def _amx_attention():
-    """clipbench/attention.c's kernel, a callable of (qkv, out, batch, length, heads, dim,
-    scale) returning 0 when done, where it builds and the CPU and OS grant AMX tiles."""
+def attention_library():
+    """clipbench/attention.c, built, where the CPU and OS grant AMX tiles; else None."""
     import ctypes
 
     lib = native.load("attention", ("-fopenmp",))
     if lib is None or not lib.attention_supported():
         return None
     pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    for kernel in (lib.attention, lib.attention_part):
+    for kernel, extra in ((lib.attention, 1), (lib.attention_part, 2)):
         kernel.argtypes = [pointer, pointer, integer, integer, integer, integer, real]
+        kernel.argtypes += [integer] * extra
         kernel.restype = ctypes.c_int
-    lib.attention.argtypes += [integer]
-    lib.attention_part.argtypes += [integer, integer]
-    if lib.attention_openmp():  # torch's own OpenMP threads
+    return lib
+
+
+@functools.cache
+def _amx_attention():
+    """The kernel as a callable of (qkv, out, batch, length, heads, dim, scale) returning 0
+    when done, on torch's OpenMP threads where built with OpenMP, else on Python threads."""
+    lib = attention_library()
+    if lib is None:
+        return None
+    if lib.attention_openmp():
         return lambda *args: lib.attention(*args, torch.get_num_threads())
     return lambda *args: max(native.run_parts(lib.attention_part, args, torch.get_num_threads()))
 

@@ -111,8 +111,9 @@ def test_amx_attention_is_as_close_to_exact_as_torchs_flash_kernel(batch, length
 @needs_amx
 def test_amx_attention_gives_the_same_bits_however_its_units_are_split():
     from clipbench import native
+    from clipbench.fused import attention_library
 
-    lib = native.load("attention", ("-fopenmp",))
+    lib = attention_library()
     qkv = torch.randn(3, 50, 3 * 4 * 64).bfloat16()
     whole = self_attention(qkv, 4)
     for parts in (1, 2, 5):

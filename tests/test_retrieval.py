@@ -196,6 +196,9 @@ def test_the_tile_pass_runs_on_torchs_openmp_threads_where_gcc_builds_it():
     if "gcc" not in version.lower() and "free software foundation" not in version.lower():
         pytest.skip("not GCC: OpenMP may be missing, and Python threads split the pass")
     assert lib.tile_pass_openmp() == 1
+    with open("/proc/self/maps") as maps:  # torch's libgomp, not a second OpenMP runtime
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 RESULT_FIELDS = ("rank", "positive_score", "topk_index", "topk_score", "ties", "tied_positives")
