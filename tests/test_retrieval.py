@@ -191,6 +191,9 @@ OPENMP = ("-fopenmp",)
 def test_the_tile_pass_runs_on_torchs_openmp_threads_where_gcc_builds_it():
     import subprocess
 
+    import torch
+
+    torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime loaded and started first
     lib = native_tile_pass()
     version = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout
     if "gcc" not in version.lower() and "free software foundation" not in version.lower():
