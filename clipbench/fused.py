@@ -7,7 +7,8 @@ in the GEMM's epilogue; 34.7 with the residual adds there too. So an open_clip
 ``ResidualAttentionBlock`` is replaced, weight for weight, by :class:`FusedBlock`:
 
 - attention through ``F.scaled_dot_product_attention`` (a fused flash kernel on CPU) instead
-  of ``nn.MultiheadAttention``'s separate matmul/softmax/matmul;
+  of ``nn.MultiheadAttention``'s separate matmul/softmax/matmul, and unmasked bf16
+  attention on AMX CPUs through clipbench/attention.c (:func:`self_attention`);
 - ``c_fc`` + activation as one oneDNN linear with an eltwise post-op: GELU directly; QuickGELU
   ``x·σ(1.702x)`` as SiLU on ``1.702·x`` (``c_fc`` scaled by 1.702, ``c_proj`` by 1/1.702: the
   same function, one fused op instead of three passes);

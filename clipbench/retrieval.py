@@ -303,12 +303,13 @@ class NativeTilePass:
         native.run_parts(self.lib.tile_pass, tuple(args), self.threads)
 
 
+TILE_KERNELS = ("auto", "native", "torch")
+
+
 def _tile_reducer(device: torch.device, kernel: str):
     """The native pass on CPU where it builds (``auto``) or is asked for, else torch."""
     import torch
 
-    if kernel not in ("auto", "native", "torch"):
-        raise ValueError(f"unknown tile kernel {kernel!r}")
     if kernel == "torch" or device.type != "cpu":
         return _reduce_torch
     from clipbench import native
@@ -377,6 +378,8 @@ def retrieve_both(
     diagonal tiles (which hold every positive pair) come first, so each query's best positive
     score is known, exactly as the tile computed it, before any of its rank counts are made.
     """
+    if kernel not in TILE_KERNELS:  # refused even where a dense matrix needs no tile kernel
+        raise ValueError(f"unknown tile kernel {kernel!r}")
     caption_image = np.asarray(caption_image, dtype=np.int64)
     n_texts, n_images = text_emb.shape[0], image_emb.shape[0]
     check_k(k, n_images)

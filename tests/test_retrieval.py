@@ -188,20 +188,37 @@ def native_tile_pass():
 OPENMP = ("-fopenmp",)
 
 
+OPENMP_RUNTIMES = """
+import torch
+from clipbench import native
+
+def runtimes():
+    with open("/proc/self/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if "libgomp" in line})
+
+torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime loaded and started
+before = runtimes()
+lib = native.load("tile_pass", ("-fopenmp",))
+print(lib.tile_pass_openmp(), before == runtimes(), before, runtimes())
+"""
+
+
 def test_the_tile_pass_runs_on_torchs_openmp_threads_where_gcc_builds_it():
+    """Built with -fopenmp, the pass must bind to the libgomp torch loaded, not bring a second
+    OpenMP runtime whose threads would compete with torch's."""
     import subprocess
+    import sys
 
-    import torch
-
-    torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime loaded and started first
-    lib = native_tile_pass()
+    native_tile_pass()
     version = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout
     if "gcc" not in version.lower() and "free software foundation" not in version.lower():
         pytest.skip("not GCC: OpenMP may be missing, and Python threads split the pass")
-    assert lib.tile_pass_openmp() == 1
-    with open("/proc/self/maps") as maps:  # torch's libgomp, not a second OpenMP runtime
-        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
-    assert len(runtimes) == 1, runtimes
+    done = subprocess.run(
+        [sys.executable, "-c", OPENMP_RUNTIMES], capture_output=True, text=True, check=True
+    )
+    openmp, same, *_ = done.stdout.split(maxsplit=2)
+    assert openmp == "1", done.stdout
+    assert same == "True", done.stdout  # loading it mapped no other libgomp
 
 
 RESULT_FIELDS = ("rank", "positive_score", "topk_index", "topk_score", "ties", "tied_positives")
@@ -281,3 +298,11 @@ def test_native_kernels_are_built_once_per_cpu_and_can_be_turned_off(tmp_path, m
             assert native.load("tile_pass", OPENMP) is None
     finally:
         native.load.cache_clear()
+
+
+@pytest.mark.parametrize("tile_scores", [10, 10_000])  # tiled, and dense in one tile
+def test_an_unknown_tile_kernel_is_refused_whatever_the_size(tile_scores):
+    rng = np.random.default_rng(7)
+    texts, images = unit(rng.standard_normal((9, 4))), unit(rng.standard_normal((9, 4)))
+    with pytest.raises(ValueError, match="unknown tile kernel 'fast'"):
+        retrieve_both(texts, images, np.arange(9), 2, tile_scores=tile_scores, kernel="fast")
