@@ -10,9 +10,9 @@
  *
  * Input: the qkv projection as (batch, length, 3, heads, dim) bf16, contiguous; output:
  * (batch, length, heads, dim) bf16, the layout the output projection reads. attention()
- * spreads the (image, head) units over OpenMP threads; attention_part() handles part `part`
- * of `parts` of them, for callers that split the work themselves (threads calling it with
- * different parts never write the same memory). Built by clipbench/native.py with
+ * handles part `part` of `parts` of the (image, head) units (threads calling it with
+ * different parts never write the same memory); attention_threads() spreads them over
+ * OpenMP threads. Built by clipbench/native.py with
  * -march=native; without AMX and AVX512-BF16 it builds to attention_supported() == 0 and
  * the caller keeps torch's kernel. */
 #define _GNU_SOURCE
@@ -200,7 +200,7 @@ static void one_head(const uint16_t *qkv, uint16_t *out, int64_t length, int64_t
 
 /* Returns 0, or -1 where the shape is not served (dim not a multiple of 32, or no memory):
  * then the caller runs torch's kernel. */
-int attention_part(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length, int64_t heads,
+int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length, int64_t heads,
               int64_t dim, float scale, int64_t part, int64_t parts) {
     if (dim % 32 != 0 || dim > 256 || length < 1) return -1;
     const int64_t padded = (length + 31) / 32 * 32;
@@ -242,7 +242,7 @@ int attention_part(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t le
 
 int attention_supported(void) { return 0; }
 
-int attention_part(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
+int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
                    int64_t heads, int64_t dim, float scale, int64_t part, int64_t parts) {
     (void)qkv, (void)out, (void)batch, (void)length, (void)heads, (void)dim, (void)scale;
     (void)part, (void)parts;
@@ -251,11 +251,11 @@ int attention_part(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t le
 
 #endif
 
-/* Whether attention() splits the units over OpenMP threads itself. Built with -fopenmp, this
+/* Whether attention_threads() splits the units over OpenMP threads. Built with -fopenmp, this
  * library uses the libgomp torch has loaded (the same soname), so its threads are torch's
  * own: no second pool spinning against the first (Python threads lost up to half the gain to
  * libgomp's waiting threads). */
-int attention_openmp(void) {
+int built_with_openmp(void) {
 #ifdef _OPENMP
     return 1;
 #else
@@ -264,16 +264,16 @@ int attention_openmp(void) {
 }
 
 /* All units, on `threads` OpenMP threads (one without OpenMP). */
-int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length, int64_t heads,
-              int64_t dim, float scale, int64_t threads) {
+int attention_threads(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
+                      int64_t heads, int64_t dim, float scale, int64_t threads) {
     int failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel num_threads((int)threads) reduction(| : failed)
-    failed |= attention_part(qkv, out, batch, length, heads, dim, scale, omp_get_thread_num(),
+    failed |= attention(qkv, out, batch, length, heads, dim, scale, omp_get_thread_num(),
                              omp_get_num_threads()) != 0;
 #else
     (void)threads;
-    failed = attention_part(qkv, out, batch, length, heads, dim, scale, 0, 1) != 0;
+    failed = attention(qkv, out, batch, length, heads, dim, scale, 0, 1) != 0;
 #endif
     return failed ? -1 : 0;
 }

@@ -86,31 +86,19 @@ def attention_library():
     if lib is None or not lib.attention_supported():
         return None
     pointer, integer, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    for kernel, extra in ((lib.attention, 1), (lib.attention_part, 2)):
+    for kernel, extra in ((lib.attention, 2), (lib.attention_threads, 1)):
         kernel.argtypes = [pointer, pointer, integer, integer, integer, integer, real]
         kernel.argtypes += [integer] * extra
         kernel.restype = ctypes.c_int
     return lib
 
 
-@functools.cache
-def _amx_attention():
-    """The kernel as a callable of (qkv, out, batch, length, heads, dim, scale) returning 0
-    when done, on torch's OpenMP threads where built with OpenMP, else on Python threads."""
-    lib = attention_library()
-    if lib is None:
-        return None
-    if lib.attention_openmp():
-        return lambda *args: lib.attention(*args, torch.get_num_threads())
-    return lambda *args: max(native.run_parts(lib.attention_part, args, torch.get_num_threads()))
-
-
 def self_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     """softmax(q kᵀ / √d) v per head from the qkv projection (batch, length, 3·width), as
     (batch, length, width). In bf16 on an AMX CPU one C kernel per (image, head) runs it from
-    the cache (clipbench/attention.c): ViT-B-32's 50-token heads 2.7× and ViT-B-16's
-    197-token ones 1.8× faster than torch's flash kernel (2-core AMX Xeon); elsewhere that
-    flash kernel."""
+    the cache (clipbench/attention.c): a ViT-B-32 layer (50-token heads) in 1.6 ms against
+    torch's flash kernel's 5.6–6.6, a ViT-B-16 one (197 tokens) in 3.0 against 7.0–7.9 (2-core
+    AMX Xeon, batch_size auto); elsewhere that flash kernel."""
     batch, length, triple = qkv.shape
     width = triple // 3
     dim = width // heads
@@ -121,10 +109,11 @@ def self_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
         and not (torch.is_grad_enabled() and qkv.requires_grad)
         and dim % 32 == 0
         and dim <= 256
-        and (kernel := _amx_attention()) is not None
+        and (lib := attention_library()) is not None
     ):
         out = qkv.new_empty(batch, length, width)
-        if kernel(qkv.data_ptr(), out.data_ptr(), batch, length, heads, dim, dim**-0.5) == 0:
+        args = (qkv.data_ptr(), out.data_ptr(), batch, length, heads, dim, dim**-0.5)
+        if not any(native.run_split(lib, "attention", args, torch.get_num_threads())):
             return out
     q, k, v = qkv.view(batch, length, 3, heads, dim).permute(2, 0, 3, 1, 4)
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)

@@ -259,8 +259,7 @@ class NativeTilePass:
         for kernel, extra in ((lib.tile_pass, 2), (lib.tile_pass_threads, 1)):
             kernel.argtypes = arguments + [integer] * extra
             kernel.restype = None
-        self.lib, self.openmp = lib, bool(lib.tile_pass_openmp())
-        self.threads = threads
+        self.lib, self.threads = lib, threads
 
     def __call__(self, state: _PassState, scores, rows: slice, cols: slice, own_col) -> None:
         assert scores.is_contiguous() and scores.device.type == "cpu"
@@ -295,12 +294,9 @@ class NativeTilePass:
             at(top_i.index, cols.start),
             at(top_i.positive, cols.start),
         ]
-        if self.openmp:
-            self.lib.tile_pass_threads(*args, self.threads)
-            return
         from clipbench import native
 
-        native.run_parts(self.lib.tile_pass, tuple(args), self.threads)
+        native.run_split(self.lib, "tile_pass", tuple(args), self.threads)
 
 
 TILE_KERNELS = ("auto", "native", "torch")

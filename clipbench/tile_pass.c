@@ -134,7 +134,7 @@ void tile_pass(const float *scores, int64_t n_rows, int64_t n_cols, int64_t k,
 /* Whether tile_pass_threads() splits the work over OpenMP threads. Built with -fopenmp, this
  * library uses the libgomp torch has loaded (the same soname): the threads that ran the tile's
  * GEMM run its pass, instead of Python threads competing with them while they spin. */
-int tile_pass_openmp(void) {
+int built_with_openmp(void) {
 #ifdef _OPENMP
     return 1;
 #else

@@ -11,7 +11,7 @@ from clipbench.fused import (
     ConvAct,
     FusedAttentionPool,
     FusedBlock,
-    _amx_attention,
+    attention_library,
     fusable,
     fuse_attention_pools,
     fuse_convolutions,
@@ -75,7 +75,7 @@ def flash_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 needs_amx = pytest.mark.skipif(
-    _amx_attention() is None, reason="no AMX-BF16 CPU (or no C compiler): torch's kernel runs"
+    attention_library() is None, reason="no AMX-BF16 CPU (or no C compiler): torch's kernel runs"
 )
 
 
@@ -111,7 +111,6 @@ def test_amx_attention_is_as_close_to_exact_as_torchs_flash_kernel(batch, length
 @needs_amx
 def test_amx_attention_gives_the_same_bits_however_its_units_are_split():
     from clipbench import native
-    from clipbench.fused import attention_library
 
     lib = attention_library()
     qkv = torch.randn(3, 50, 3 * 4 * 64).bfloat16()
@@ -119,7 +118,7 @@ def test_amx_attention_gives_the_same_bits_however_its_units_are_split():
     for parts in (1, 2, 5):
         out = torch.empty_like(whole)
         args = (qkv.data_ptr(), out.data_ptr(), 3, 50, 4, 64, 64**-0.5)
-        assert native.run_parts(lib.attention_part, args, parts) == [0] * parts
+        assert native.run_parts(lib.attention, args, parts) == [0] * parts
         assert torch.equal(out, whole)
 
 

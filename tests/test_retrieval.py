@@ -199,7 +199,7 @@ def runtimes():
 torch.ones(64, 64) @ torch.ones(64, 64)  # torch's OpenMP runtime loaded and started
 before = runtimes()
 lib = native.load("tile_pass", ("-fopenmp",))
-print(lib.tile_pass_openmp(), before == runtimes(), before, runtimes())
+print(lib.built_with_openmp(), before == runtimes(), before, runtimes())
 """
 
 
@@ -239,7 +239,7 @@ def test_native_tile_pass_equals_the_torch_path_bit_for_bit(
 
     lib = native_tile_pass()
     if not openmp:
-        monkeypatch.setattr(lib, "tile_pass_openmp", lambda: 0)
+        monkeypatch.setattr(lib, "built_with_openmp", lambda: 0)
     rng = np.random.default_rng(5)
     if ties:
         images = rng.integers(-1, 2, size=(41, 3)).astype(np.float32)
