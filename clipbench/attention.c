@@ -13,58 +13,19 @@
  * handles part `part` of `parts` of the (image, head) units (threads calling it with
  * different parts never write the same memory); attention_threads() spreads them over
  * OpenMP threads. Built by clipbench/native.py with
- * -march=native; without AMX and AVX512-BF16 it builds to attention_supported() == 0 and
+ * -march=native; without AMX and AVX512-BF16 it builds to amx_supported() == 0 and
  * the caller keeps torch's kernel. */
 #define _GNU_SOURCE
 #include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "native.h"
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
-
-int attention_supported(void) {
-    /* Linux hands out AMX state only to a process that asks (as oneDNN does). */
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-}
+#ifdef CLIPBENCH_AMX
 
 /* Queries per block: two tiles of 16 rows. */
 #define QUERIES 32
-
-typedef struct {
-    uint8_t palette_id, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-/* 2^x for x <= 0 (softmax arguments, in base 2, after the row maximum is subtracted):
- * 2^n 2^f with n = round(x), |f| <= 1/2 and the degree-5 Taylor polynomial (relative error
- * ~2e-6, far below bf16's 4e-3); scalef takes 2^n to 0 for any x too small for a float. */
-static inline __m512 exp2_nonpositive(__m512 x) {
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.3333558e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-static inline void store_bf16(uint16_t *to, __m512 values) {
-    _mm256_storeu_si256((__m256i *)to, (__m256i)_mm512_cvtneps_pbh(values));
-}
 
 /* A 32 x 32 block of fp32 sums over `steps` of A_s B_s, stored at `to` (row stride in bytes):
  * A_s's two 16-row halves (tiles 4, 5) at `left` + 32 s elements and 16 rows further; B_s's
@@ -212,13 +173,7 @@ int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
     float *outputs = aligned_alloc(64, QUERIES * (size_t)dim * sizeof(float));
     int status = -1;
     if (keys && values && queries && scores && probs && outputs) {
-        tile_config config = {0};
-        config.palette_id = 1;
-        for (int t = 0; t < 8; t++) {
-            config.rows[t] = 16;
-            config.colsb[t] = 64;
-        }
-        _tile_loadconfig(&config);
+        configure_tiles();
         const int64_t units = batch * heads;
         for (int64_t unit = units * part / parts; unit < units * (part + 1) / parts; unit++) {
             int64_t image = unit / heads, head = unit % heads;
@@ -240,8 +195,6 @@ int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
 
 #else /* no AMX-BF16 on the CPU this was built for */
 
-int attention_supported(void) { return 0; }
-
 int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
                    int64_t heads, int64_t dim, float scale, int64_t part, int64_t parts) {
     (void)qkv, (void)out, (void)batch, (void)length, (void)heads, (void)dim, (void)scale;
@@ -250,18 +203,6 @@ int attention(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,
 }
 
 #endif
-
-/* Whether attention_threads() splits the units over OpenMP threads. Built with -fopenmp, this
- * library uses the libgomp torch has loaded (the same soname), so its threads are torch's
- * own: no second pool spinning against the first (Python threads lost up to half the gain to
- * libgomp's waiting threads). */
-int built_with_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
 
 /* All units, on `threads` OpenMP threads (one without OpenMP). */
 int attention_threads(const uint16_t *qkv, uint16_t *out, int64_t batch, int64_t length,

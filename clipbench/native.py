@@ -79,8 +79,10 @@ def load(name: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
         version = subprocess.run(
             [compiler, "--version"], capture_output=True, text=True, check=True
         ).stdout
+        # The headers the sources include (native.h) are part of what is built.
+        sources = [source.read_text(), *(h.read_text() for h in sorted(HERE.glob("*.h")))]
         key = hashlib.sha256(
-            "\0".join([source.read_text(), compiler, version, _cpu_identity(), *extra]).encode()
+            "\0".join([*sources, compiler, version, _cpu_identity(), *extra]).encode()
         ).hexdigest()[:16]
         target = cache_dir() / "native" / f"{name}-{key}.so"
         if not target.is_file():

@@ -8,13 +8,11 @@
  * empty slots (index -1) at the end: the order of retrieval.RunningTopK. Compiled on first use
  * by clipbench/native.py; each call handles part `part` of `parts` of the rows and columns,
  * so that threads calling it with different parts never write the same memory. */
+#define _GNU_SOURCE /* syscall(), in native.h */
 #include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "native.h"
 
 /* Entries counted in one vectorised loop before any is looked at one by one: a block that
  * holds an entry at or above its floor is searched again, in cache. */
@@ -129,17 +127,6 @@ void tile_pass(const float *scores, int64_t n_rows, int64_t n_cols, int64_t k,
     }
     free(reach);
     free(floor);
-}
-
-/* Whether tile_pass_threads() splits the work over OpenMP threads. Built with -fopenmp, this
- * library uses the libgomp torch has loaded (the same soname): the threads that ran the tile's
- * GEMM run its pass, instead of Python threads competing with them while they spin. */
-int built_with_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
 }
 
 /* tile_pass() over all parts, on `threads` OpenMP threads (one without OpenMP). */

@@ -16,7 +16,14 @@ from clipbench.fused import (
     fuse_attention_pools,
     fuse_convolutions,
     fuse_transformer_blocks,
+    linear,
+    linear_act,
+    linear_add,
+    linear_library,
+    pack_for_tiles,
     self_attention,
+    tile_linear,
+    tiles_serve,
 )
 from clipbench.kinds import load_encoder
 from clipbench.precision import EMBEDDING_TOLERANCE, resolve_precision
@@ -140,6 +147,105 @@ def test_fused_block_with_heads_the_amx_kernel_serves_equals_the_stock_block(hea
         want = stock(x).float()
         got = FusedBlock(stock)(x).float()
     torch.testing.assert_close(got, want, atol=0.05 * want.abs().max(), rtol=0)
+
+
+needs_tiles = pytest.mark.skipif(
+    linear_library() is None, reason="no AMX-BF16 CPU (or no C compiler): oneDNN runs"
+)
+
+
+def linear_case(m, k, n, residual, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen).bfloat16()
+    w = (torch.randn(n, k, generator=gen) / k**0.5).bfloat16()
+    b = torch.randn(n, generator=gen).bfloat16()
+    other = torch.randn(m, n, generator=gen).bfloat16() if residual else None
+    return x, w, b, other
+
+
+def onednn_linear(x, w, b, act, other):
+    """The path the tiles replace: oneDNN's fused linear (rounded to bf16), plus the residual."""
+    y = linear(x, w, b) if act == "none" else linear_act(x, w, b, act)
+    if other is None:
+        return y
+    return linear_add(x, other, w, b) if act == "none" else y + other
+
+
+@needs_tiles
+@pytest.mark.parametrize(
+    "m,k,n,act,residual",
+    [
+        (300, 768, 3072, "silu", False),  # ViT-B's c_fc: 128-row chunks, one partial
+        (300, 768, 768, "none", True),  # out_proj
+        (33, 3072, 768, "none", True),  # c_proj: many weight slices, a partial row block
+        (129, 288, 64, "silu", True),  # a partial weight slice (9 steps)
+        (1, 32, 32, "none", False),
+        (70, 64, 96, "silu", False),
+    ],
+)
+def test_tile_linear_is_exact_up_to_its_bf16_rounding(m, k, n, act, residual):
+    x, w, b, other = linear_case(m, k, n, residual, seed=m + k)
+    exact = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    if act == "silu":
+        exact = torch.nn.functional.silu(exact)
+    if other is not None:
+        exact = exact + other.double()
+    got = tile_linear(x, pack_for_tiles(w), n, b, act, other)
+    assert got is not None and got.dtype == torch.bfloat16 and got.shape == exact.shape
+    error = (got.double() - exact).abs()
+    # Summed in fp32, rounded once: within one bf16 ulp of the exact value (2^-8 relative),
+    # bar fp32 accumulation noise where terms cancel.
+    assert bool((error <= 2**-8 * exact.abs() + 1e-4).all())
+    onednn_error = (onednn_linear(x, w, b, act, other).double() - exact).abs()
+    assert float(error.max()) <= 1.05 * float(onednn_error.max()) + 1e-6
+    assert float(error.mean()) <= 1.05 * float(onednn_error.mean()) + 1e-6
+
+
+@needs_tiles
+def test_tile_linear_gives_the_same_bits_however_its_rows_are_split():
+    from clipbench import native
+
+    x, w, b, other = linear_case(300, 256, 96, residual=True)
+    packed = pack_for_tiles(w)
+    whole = tile_linear(x, packed, 96, b, "silu", other)
+    for parts in (1, 2, 3, 7):
+        out = torch.empty_like(whole)
+        args = (x.data_ptr(), 300, 256, packed.data_ptr(), 96, b.data_ptr(), other.data_ptr())
+        args += (1, out.data_ptr())
+        assert native.run_parts(linear_library().linear, args, parts) == [0] * parts
+        assert torch.equal(out, whole)
+
+
+def test_the_tiles_serve_bf16_inference_at_multiples_of_32_only():
+    x, w, b, other = linear_case(5, 64, 96, residual=True)
+    if linear_library() is None:
+        assert not tiles_serve(x, w, "silu", other)
+        return
+    assert tiles_serve(x, w, "silu", other) and tiles_serve(x, w, "none", None)
+    assert not tiles_serve(x.float(), w.float(), "none", None)
+    assert not tiles_serve(x, w, "gelu", None)  # the kernel's epilogues: none and SiLU
+    assert not tiles_serve(x[:, :48].contiguous(), w[:, :48].contiguous(), "none", None)
+    assert not tiles_serve(x, w[:40], "none", None)
+    assert not tiles_serve(x.t().contiguous().t(), w, "none", None)
+    assert not tiles_serve(x, w, "none", other[:, :64])
+    with torch.enable_grad():
+        assert not tiles_serve(x.requires_grad_(), w, "none", None)
+
+
+@needs_tiles
+def test_a_fused_block_repacks_its_weights_after_a_copy_or_a_new_tensor():
+    stock = block("quick", width=64).to(torch.bfloat16)
+    fused, fresh = FusedBlock(stock), FusedBlock(stock)
+    x = torch.randn(2, 50, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        fused(x)
+        assert set(fused._packs) == {"out", "fc", "proj"}
+        fused.fc_w.mul_(-1)  # in place: the same tensor, a new version
+        fresh.fc_w.mul_(-1)
+        assert torch.equal(fused(x), fresh(x))
+        fused.proj_w = fused.proj_w * 2  # a new tensor (as a cast makes)
+        fresh.proj_w.mul_(2)
+        assert torch.equal(fused(x), fresh(x))
 
 
 def test_blocks_that_differ_from_the_pattern_are_left_alone():

@@ -22,7 +22,13 @@ import pyarrow as pa
 import torch
 
 from clipbench.arrow_io import write_table
-from clipbench.bench.kernels import gemm_peaks, gemm_shapes, mechanisms, model_throughput
+from clipbench.bench.kernels import (
+    epilogues,
+    gemm_peaks,
+    gemm_shapes,
+    mechanisms,
+    model_throughput,
+)
 from clipbench.bench.scale import KERNELS, hits_scaling
 from clipbench.bench.workflow import side_by_side, whole_workflow
 from clipbench.cpus import usable_cpus
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                 device, args.batch, repeats, precision, not args.no_channels_last
             )
     if "mechanisms" in args.sections:
-        rows += mechanisms(device, repeats)
+        rows += mechanisms(device, repeats) + epilogues(device, max(repeats, 5))
     if "hits" in args.sections:
         sizes = args.hits_sizes[:1] if args.quick else args.hits_sizes
         rows += hits_scaling(sizes, 512, kernels=tuple(args.hits_kernels))

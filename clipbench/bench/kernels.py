@@ -269,3 +269,58 @@ def mechanisms(device: torch.device, repeats: int, batch: int = 32) -> list[dict
             }
         )
     return rows
+
+
+def epilogues(device: torch.device, repeats: int) -> list[dict]:
+    """ViT-B's projections with the epilogues a tower needs, in bf16 at the token rows of a
+    batch_size auto batch (ViT-B-32: 64 images x 50 tokens): plain, as oneDNN fuses them
+    (post-ops), and on the AMX tiles of clipbench/linear.c where this CPU has them.
+    :class:`clipbench.fused.FusedBlock` takes the tiles for the three with an epilogue;
+    this is why."""
+    from clipbench.fused import (
+        linear,
+        linear_act,
+        linear_add,
+        linear_library,
+        pack_for_tiles,
+        tile_linear,
+    )
+
+    if device.type != "cpu":
+        return []
+    tokens, gen = CPU_TOKENS_PER_BATCH["bf16"], torch.Generator().manual_seed(0)
+    cases = {
+        "qkv": (WIDTH, 3 * WIDTH, "none", False),
+        "out_proj + residual": (WIDTH, WIDTH, "none", True),
+        "c_fc + SiLU": (WIDTH, 4 * WIDTH, "silu", False),
+        "c_proj + residual": (4 * WIDTH, WIDTH, "none", True),
+    }
+    rows = []
+    for label, (k, n, act, residual) in cases.items():
+        x = torch.randn(tokens, k, generator=gen).bfloat16()
+        w = (torch.randn(n, k, generator=gen) / k**0.5).bfloat16()
+        b = torch.randn(n, generator=gen).bfloat16()
+        other = torch.randn(tokens, n, generator=gen).bfloat16() if residual else None
+        paths = {"oneDNN, plain": lambda x=x, w=w, b=b: linear(x, w, b)}
+        if residual:
+            paths["oneDNN post-op"] = lambda x=x, w=w, b=b, o=other: linear_add(x, o, w, b)
+        elif act != "none":
+            paths["oneDNN post-op"] = lambda x=x, w=w, b=b, a=act: linear_act(x, w, b, a)
+        if linear_library() is not None:
+            packed = pack_for_tiles(w)
+            paths["AMX tiles (linear.c)"] = lambda x=x, p=packed, n=n, b=b, a=act, o=other: (
+                tile_linear(x, p, n, b, a, o)
+            )
+        with torch.inference_mode():
+            for path, run in paths.items():
+                seconds = timed(run, device, repeats)
+                rows.append(
+                    {
+                        "section": "epilogue",
+                        "name": f"ViT-B {label}: {path}",
+                        "shape": f"{tokens}x{k}x{n}",
+                        "peak": "bf16",
+                        "gflops": 2 * tokens * k * n / seconds / 1e9,
+                    }
+                )
+    return rows

@@ -1,0 +1,89 @@
+/* What clipbench's C kernels share (clipbench/native.py builds each .c file, which includes
+ * this, into its own library; so the functions defined here are each library's own exports).
+ *
+ * built_with_openmp(): whether the library's <name>_threads() entry point splits its work
+ * over OpenMP threads. Built with -fopenmp, a library uses the libgomp torch has loaded (the
+ * same soname): torch's own threads run the kernel, instead of Python threads competing with
+ * them while they spin after a GEMM.
+ *
+ * With AMX-BF16 (-march=native on a CPU that has it): amx_supported() asks Linux for the
+ * tile state, and the helpers the bf16 tile kernels share. A source defines _GNU_SOURCE
+ * before its first #include (for syscall()). */
+#ifndef CLIPBENCH_NATIVE_H
+#define CLIPBENCH_NATIVE_H
+
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+int built_with_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define CLIPBENCH_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* Linux hands out AMX state only to a process that asks (as oneDNN does). */
+int amx_supported(void) {
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* All eight tiles 16 rows x 64 bytes: 16 x 32 bf16 operands, 16 x 16 fp32 accumulators. */
+static inline void configure_tiles(void) {
+    tile_config config = {0};
+    config.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = 16;
+        config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+}
+
+/* 2^x for x <= 0: 2^n 2^f with n = round(x), |f| <= 1/2 and the degree-5 Taylor polynomial
+ * (relative error ~2e-6, far below bf16's 4e-3); scalef takes 2^n to 0 for any x too small
+ * for a float. */
+static inline __m512 exp2_nonpositive(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* 16 floats rounded to bf16 (nearest even), and 16 bf16 widened exactly. */
+static inline void store_bf16(uint16_t *to, __m512 values) {
+    _mm256_storeu_si256((__m256i *)to, (__m256i)_mm512_cvtneps_pbh(values));
+}
+
+static inline __m512 load_bf16(const uint16_t *from) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)from));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+#else
+int amx_supported(void) { return 0; }
+#endif
+
+#endif
