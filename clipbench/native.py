@@ -65,6 +65,14 @@ def _compile(compiler: str, source: Path, target: Path, extra: tuple[str, ...]) 
 
 
 @functools.cache
+def _compiler_version(compiler: str) -> str:
+    """What ``compiler --version`` prints: asked once per process, not once per kernel."""
+    return subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@functools.cache
 def load(name: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """The library built from ``clipbench/<name>.c`` (with the compiler flags ``extra`` where
     the compiler takes them), or None (with a warning) where it cannot be built or loaded.
@@ -76,9 +84,7 @@ def load(name: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
         return None
     source = HERE / f"{name}.c"
     try:
-        version = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, check=True
-        ).stdout
+        version = _compiler_version(compiler)
         # The headers the sources include (native.h) are part of what is built.
         sources = [source.read_text(), *(h.read_text() for h in sorted(HERE.glob("*.h")))]
         key = hashlib.sha256(

@@ -300,6 +300,29 @@ def test_native_kernels_are_built_once_per_cpu_and_can_be_turned_off(tmp_path, m
         native.load.cache_clear()
 
 
+def test_a_native_kernel_is_rebuilt_when_a_header_it_includes_changes(tmp_path, monkeypatch):
+    import shutil
+
+    from clipbench import native
+
+    sources = tmp_path / "src"
+    sources.mkdir()
+    for name in ("tile_pass.c", "native.h"):
+        shutil.copy(native.HERE / name, sources / name)
+    monkeypatch.setattr(native, "HERE", sources)
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path / "cache"))
+    native.load.cache_clear()
+    try:
+        assert native.load("tile_pass") is not None
+        header = sources / "native.h"
+        header.write_text(header.read_text() + "\n/* changed */\n")
+        native.load.cache_clear()
+        assert native.load("tile_pass") is not None
+        assert len(list((tmp_path / "cache" / "native").glob("tile_pass-*.so"))) == 2
+    finally:
+        native.load.cache_clear()
+
+
 @pytest.mark.parametrize("tile_scores", [10, 10_000])  # tiled, and dense in one tile
 def test_an_unknown_tile_kernel_is_refused_whatever_the_size(tile_scores):
     rng = np.random.default_rng(7)
