@@ -179,10 +179,10 @@ def tile_linear(
 ) -> torch.Tensor | None:
     """``act(linear(x)) (+ other)`` in bf16 by clipbench/linear.c from the weight as
     :func:`pack_for_tiles` lays it out (where :func:`tiles_serve`), the epilogue on each block
-    as it leaves the tiles; None where the kernel declines. ViT-B (2-core AMX Xeon, batch_size
-    auto): c_fc with SiLU 1.8-1.9 TFLOP/s against oneDNN's 1.4-1.5, c_proj and out_proj with
-    the residual 1.9-2.1 against 1.7-1.9; the plain qkv projection stays with oneDNN (2.4
-    against 2.0-2.1 here)."""
+    as it leaves the tiles; None where the kernel declines. ViT-B (2-core AMX Xeon, 3200 token
+    rows): c_fc with SiLU 1.9 TFLOP/s against oneDNN's post-op 1.4-1.7, c_proj and out_proj
+    with the residual 2.0-2.1 against 1.6-1.9; the plain qkv projection stays with oneDNN
+    (2.4 against 2.1 here). The bench's ``mechanisms`` section measures these."""
     k = x.shape[-1]
     m = x.numel() // k
     out = x.new_empty(*x.shape[:-1], n)
@@ -310,7 +310,8 @@ class FusedBlock(nn.Module):
 
     def _packed(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """``w`` packed for the tiles, once per weight tensor: again after a cast (a new
-        tensor) or a copy into it (its version; inference tensors keep none)."""
+        tensor) or a copy into it (its version; inference tensors keep none). A second copy
+        of those weights (ViT-B's three: 128 MB in bf16), kept for the speed."""
         version = -1 if w.is_inference() else w._version
         held = self._packs.get(name)
         if held is None or held[0] is not w or held[1] != version:
