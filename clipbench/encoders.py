@@ -111,18 +111,20 @@ class Encoder:
         raise NotImplementedError
 
     def apply_fast_paths(self) -> None:
-        """Fused transformer blocks and attention pools in every tower, folded and fused
-        convolutions in the image tower: done in float32, before the weights are cast, so
-        folding rounds once."""
+        """Fused transformer blocks, attention pools and patch embeddings in every tower,
+        folded and fused convolutions in the image tower: done in float32, before the weights
+        are cast, so folding rounds once."""
         from clipbench.fused import (
             fuse_attention_pools,
             fuse_convolutions,
+            fuse_patch_embeddings,
             fuse_transformer_blocks,
         )
 
         for module in self.modules():
             fuse_transformer_blocks(module)
             fuse_attention_pools(module)
+            fuse_patch_embeddings(module)
         tower = self.image_tower()
         fused = fuse_convolutions(tower)
         if fused is not tower:

@@ -17,7 +17,9 @@ in the GEMM's epilogue; 34.7 with the residual adds there too. So an open_clip
   clipbench/linear.c (:func:`tile_linear`), whose epilogue costs less than oneDNN's post-ops:
   ViT-B-32 144 → 168 img/s, ViT-B-16 33.6 → 37.3 (2-core AMX Xeon, batch_size auto).
 
-Convolutional towers fold each eval-mode BatchNorm into the convolution before it and run the
+A ViT's patch embedding (a convolution whose kernel is its stride) runs as one GEMM over the
+patches (:class:`PatchEmbedding`). Convolutional towers fold each eval-mode BatchNorm into the
+convolution before it and run the
 ReLU that follows as the convolution's post-op (:func:`fuse_convolutions`); CLIP's ResNets
 end in an attention pool that keeps only its first token, and :class:`FusedAttentionPool`
 computes only that token's query and output projection.
@@ -335,6 +337,53 @@ def _replace(module: nn.Module, matches, replacement) -> int:
 def fuse_transformer_blocks(module: nn.Module) -> int:
     """Replace every fusable open_clip block under ``module`` in place; returns how many."""
     return _replace(module, fusable, FusedBlock)
+
+
+def patchify_fusable(conv: nn.Module) -> bool:
+    """A convolution whose kernel is its stride (a ViT's patch embedding), exactly."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == conv.stride
+        and min(conv.kernel_size) > 1
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+@torch.fx.wrap
+def patch_embedding(x, weight, bias, patch: tuple[int, int]):
+    """The convolution as one GEMM over the image's non-overlapping patches (the rows and
+    columns past the last whole patch dropped, as the convolution drops them); NCHW out."""
+    n, channels, height, width = x.shape
+    (ph, pw), gh, gw = patch, height // patch[0], width // patch[1]
+    x = x[:, :, : gh * ph, : gw * pw]
+    patches = x.reshape(n, channels, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+    y = linear(patches.reshape(n * gh * gw, channels * ph * pw), weight, bias)
+    return y.view(n, gh, gw, -1).permute(0, 3, 1, 2)
+
+
+class PatchEmbedding(nn.Module):
+    """A ViT's patch embedding (``conv1``: kernel = stride) for inference as a GEMM over the
+    patches, which oneDNN runs faster than the strided convolution: ViT-B-32 batch 64 10.3
+    ms against 20.5 in bf16, batch 32 27.5 against 31.0 in float32; ViT-B-16 batch 16 2.3
+    against 5.4 (2-core AMX Xeon). Same function."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.patch = tuple(conv.kernel_size)
+        weight = conv.weight.detach().reshape(conv.out_channels, -1).contiguous()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return patch_embedding(x, self.weight, self.bias, self.patch)
+
+
+def fuse_patch_embeddings(module: nn.Module) -> int:
+    """Replace every patch-embedding convolution under ``module`` in place; returns how many."""
+    return _replace(module, patchify_fusable, PatchEmbedding)
 
 
 POOL_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "c_proj"}

@@ -11,16 +11,19 @@ from clipbench.fused import (
     ConvAct,
     FusedAttentionPool,
     FusedBlock,
+    PatchEmbedding,
     attention_library,
     fusable,
     fuse_attention_pools,
     fuse_convolutions,
+    fuse_patch_embeddings,
     fuse_transformer_blocks,
     linear,
     linear_act,
     linear_add,
     linear_library,
     pack_for_tiles,
+    patchify_fusable,
     self_attention,
     tile_linear,
     tiles_serve,
@@ -259,6 +262,45 @@ def test_a_fused_block_repacks_its_weights_after_a_copy_or_a_new_tensor():
         fused.proj_w = fused.proj_w * 2  # a new tensor (as a cast makes)
         fresh.proj_w.mul_(2)
         assert torch.equal(fused(x), fresh(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "patch,size,bias,channels_last",
+    [
+        ((16, 16), (64, 64), False, False),
+        ((16, 16), (70, 75), True, False),
+        ((4, 8), (32, 32), True, True),
+    ],
+)
+def test_a_patch_embedding_as_a_gemm_equals_the_convolution(
+    dtype, patch, size, bias, channels_last
+):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 64, kernel_size=patch, stride=patch, bias=bias).eval()
+    x = torch.randn(2, 3, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = conv.to(dtype)(x.to(dtype)).float()
+        got = PatchEmbedding(conv)(x.to(dtype))
+    assert got.dtype == dtype and got.shape == want.shape  # rows past the last patch dropped
+    tolerance = 1e-5 if dtype == torch.float32 else 0.02
+    torch.testing.assert_close(got.float(), want, atol=tolerance * want.abs().max(), rtol=0)
+
+
+def test_only_convolutions_whose_kernel_is_their_stride_become_patch_embeddings():
+    kept = [
+        nn.Conv2d(3, 8, 1),  # 1 x 1 (a ResNet's): a GEMM already, left to oneDNN
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.Conv2d(3, 8, 4, stride=4, padding=1),
+        nn.Conv2d(4, 8, 4, stride=4, groups=2),
+        nn.Conv2d(3, 8, 4, stride=4, dilation=2),
+    ]
+    assert not any(patchify_fusable(conv) for conv in kept)
+    holder = nn.Sequential(*kept, nn.Conv2d(3, 8, 4, stride=4))
+    assert fuse_patch_embeddings(holder) == 1 and isinstance(holder[-1], PatchEmbedding)
+    assert all(holder[i] is conv for i, conv in enumerate(kept))
 
 
 def test_blocks_that_differ_from_the_pattern_are_left_alone():

@@ -10,7 +10,12 @@ from collections.abc import Callable
 import torch
 
 from clipbench.batching import CPU_TOKENS_PER_BATCH, batch_sizes
-from clipbench.fused import fuse_attention_pools, fuse_convolutions, fuse_transformer_blocks
+from clipbench.fused import (
+    fuse_attention_pools,
+    fuse_convolutions,
+    fuse_patch_embeddings,
+    fuse_transformer_blocks,
+)
 from clipbench.precision import Precision, matmul_precision, resolve_precision
 
 # A typical Pokémon BLIP caption ("a drawing of a green pokemon with red eyes") is ~12 tokens.
@@ -206,6 +211,7 @@ def model_throughput(
         x = make_input(size)
         if fast:
             fuse_transformer_blocks(owner)
+            fuse_patch_embeddings(owner)
             if conv:
                 module = fuse_convolutions(module)
         if policy.cast_weights:
