@@ -1,20 +1,21 @@
 /* The image towers' bf16 linear layers with their epilogues, on AMX tiles (clipbench/fused.py):
  *     out = act(x W^T + b) (+ residual),   act: none or SiLU.
  *
- * oneDNN runs a ViT-B projection's plain GEMM at 2.0-2.5 TFLOP/s on a 2-core AMX Xeon, but
- * with the epilogues the towers need it falls to 1.4-1.8 (c_fc with SiLU, c_proj and
- * out_proj with the residual add). Here the epilogue runs on each 32 x 32 block as it
+ * oneDNN runs a ViT-B projection's plain GEMM at 1.9-2.6 TFLOP/s on a 2-core AMX Xeon, but
+ * with the epilogues the towers need it falls to 1.4-2.0 (c_fc with SiLU, c_proj and
+ * out_proj with the residual add); here they run at 1.8-2.2. Here the epilogue runs on each 32 x 32 block as it
  * leaves the tiles, while it is in L1, and the weights are packed once, by the caller, into
  * the tiles' pair-interleaved layout: packed[n / 32][k / 32][2][16][16][2] holds
  * W[32 nb + 16 h + c][32 s + 2 p + e] at [nb][s][h][p][c][e], so that a 16-column, 32-deep
  * slice of W is one contiguous 1 KB tile.
  *
- * Blocking, from what the tiles sustain on one core (measured): 2.9 TFLOP/s with both
- * operands in L1, 2.7-2.9 with one streamed from L2, 0.4-1.0 with both from L2 or beyond.
+ * Blocking, from what the tiles sustain on one core (measured with a micro-kernel of this
+ * loop): 2.9 TFLOP/s with both operands in L1, 2.7-2.9 with one streamed from L2, 2.0-2.3
+ * with the accumulators spilled every 8 steps, 0.4-1.0 with both operands from L2 or beyond.
  * So rows of x are packed a chunk at a time into 32-row tiles (a chunk of ~768 KB, kept in
- * L2: 512 rows at k = 768, 128 at k = 3072), the weights are swept in slices of 32 columns x
- * 256 deep (kept in L1 across the chunk's row blocks, the next slice prefetched meanwhile), and each 32 x 32 block accumulates on four tiles, spilled
- * to L1 between slices.
+ * L2: 512 rows at k = 768, 128 at k = 3072); the weights are swept in slices of 32 columns x
+ * 256 deep, kept in L1 across the chunk's row blocks (the next slice prefetched meanwhile);
+ * each 32 x 32 block accumulates on four tiles, spilled to L1 between slices.
  *
  * linear() handles part `part` of `parts` of the 32-row blocks of x (the split never changes
  * a result: each output element is summed in the same order); linear_threads() spreads them
