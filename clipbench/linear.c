@@ -3,11 +3,11 @@
  *
  * oneDNN runs a ViT-B projection's plain GEMM at 1.9-2.6 TFLOP/s on a 2-core AMX Xeon, but
  * with the epilogues the towers need it falls to 1.4-2.0 (c_fc with SiLU, c_proj and
- * out_proj with the residual add); here they run at 1.8-2.2. Here the epilogue runs on each 32 x 32 block as it
- * leaves the tiles, while it is in L1, and the weights are packed once, by the caller, into
- * the tiles' pair-interleaved layout: packed[n / 32][k / 32][2][16][16][2] holds
- * W[32 nb + 16 h + c][32 s + 2 p + e] at [nb][s][h][p][c][e], so that a 16-column, 32-deep
- * slice of W is one contiguous 1 KB tile.
+ * out_proj with the residual add); here they run at 1.8-2.2. The epilogue runs on each
+ * 32 x 32 block as it leaves the tiles, while it is in L1, and the weights are packed once,
+ * by the caller, into the tiles' pair-interleaved layout: packed[n/32][k/32][2][16][16][2]
+ * holds W[32 nb + 16 h + c][32 s + 2 p + e] at [nb][s][h][p][c][e], so that a 16-column,
+ * 32-deep slice of W is one contiguous 1 KB tile.
  *
  * Blocking, from what the tiles sustain on one core (measured with a micro-kernel of this
  * loop): 2.9 TFLOP/s with both operands in L1, 2.7-2.9 with one streamed from L2, 2.0-2.3
