@@ -28,34 +28,18 @@
 #define QUERIES 32
 
 /* A 32 x 32 block of fp32 sums over `steps` of A_s B_s, stored at `to` (row stride in bytes):
- * A_s's two 16-row halves (tiles 4, 5) at `left` + 32 s elements and 16 rows further; B_s's
- * two 16-column halves (tiles 6, 7) at `right` + s `right_step` and 16 dwords further. Four
- * accumulators (tiles 0-3) and each operand used twice: a load waits for no product still
- * reading the tile it replaces but the one just issued. */
+ * A_s's two 16-row halves at `left` + 32 s elements and 16 rows further; B_s's two 16-column
+ * halves at `right` + s `right_step` and 16 dwords further (native.h's 2 x 2 tile block). */
 static inline void multiply(int64_t steps, const uint16_t *left, int64_t left_stride,
                             const uint32_t *right, int64_t right_step, int64_t right_stride,
                             float *to, int64_t to_stride) {
     const uint16_t *lower = left + 16 * left_stride / sizeof(uint16_t);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    zero_sums();
     for (int64_t s = 0; s < steps; s++) {
         const uint32_t *b = right + s * right_step;
-        _tile_loadd(4, left + 32 * s, left_stride);
-        _tile_loadd(6, b, right_stride);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(5, lower + 32 * s, left_stride);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_loadd(7, b + 16, right_stride);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(3, 5, 7);
+        multiply_step(left + 32 * s, lower + 32 * s, left_stride, b, b + 16, right_stride);
     }
-    float *below = to + 16 * to_stride / sizeof(float);
-    _tile_stored(0, to, to_stride);
-    _tile_stored(1, to + 16, to_stride);
-    _tile_stored(2, below, to_stride);
-    _tile_stored(3, below + 16, to_stride);
+    store_sums(to, to_stride);
 }
 
 /* One (image, head): keys and values packed, then QUERIES queries at a time. */

@@ -89,9 +89,7 @@ def _amx_library(name: str, signature: list) -> ctypes.CDLL | None:
     lib = native.load(name, ("-fopenmp",))
     if lib is None or not lib.amx_supported():
         return None
-    for kernel, extra in ((getattr(lib, name), 2), (getattr(lib, f"{name}_threads"), 1)):
-        kernel.argtypes = signature + [ctypes.c_int64] * extra
-        kernel.restype = ctypes.c_int
+    native.declare_split(lib, name, signature, ctypes.c_int)
     return lib
 
 
@@ -174,7 +172,6 @@ def tiles_serve(x: torch.Tensor, w: torch.Tensor, act: str, other: torch.Tensor 
 def tile_linear(
     x: torch.Tensor,
     packed: torch.Tensor,
-    n: int,
     b: torch.Tensor,
     act: str = "none",
     other: torch.Tensor | None = None,
@@ -185,7 +182,7 @@ def tile_linear(
     rows): c_fc with SiLU 1.9 TFLOP/s against oneDNN's post-op 1.4-1.7, c_proj and out_proj
     with the residual 2.0-2.1 against 1.6-1.9; the plain qkv projection stays with oneDNN
     (2.4 against 2.1 here). The bench's ``mechanisms`` section measures these."""
-    k = x.shape[-1]
+    k, n = x.shape[-1], packed.shape[0] * 32
     m = x.numel() // k
     out = x.new_empty(*x.shape[:-1], n)
     bias = b.to(torch.bfloat16).contiguous()  # held until the call returns
@@ -304,7 +301,7 @@ class FusedBlock(nn.Module):
         w, b = getattr(self, f"{name}_w"), getattr(self, f"{name}_b")
         if tiles_serve(x, w, act, other):
             packed = self._packed(name, w)
-            if (out := tile_linear(x, packed, w.shape[0], b, act, other)) is not None:
+            if (out := tile_linear(x, packed, b, act, other)) is not None:
                 return out
         if other is not None:
             return linear_add(x, other, w, b)

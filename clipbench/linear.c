@@ -87,36 +87,19 @@ static void chunk(const uint16_t *x, int64_t first, int64_t rows, int64_t k,
             for (int64_t b = 0; b < blocks; b++) {
                 float *sum = sums + b * 1024;
                 const uint16_t *left = panel + b * steps * 2 * TILE_ELEMENTS;
-                if (s0 == 0) {
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
-                } else {
-                    _tile_loadd(0, sum, 128);
-                    _tile_loadd(1, sum + 16, 128);
-                    _tile_loadd(2, sum + 512, 128);
-                    _tile_loadd(3, sum + 528, 128);
-                }
+                if (s0 == 0)
+                    zero_sums();
+                else
+                    load_sums(sum, 32 * sizeof(float));
                 for (int64_t s = s0; s < s1; s++) {
                     const char *ahead = next + (b * (s1 - s0) + s - s0) * lines * 64;
                     for (int64_t l = 0; l < lines; l++)
                         if (ahead + 64 * l < packed_end) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
                     const uint16_t *a = left + s * 2 * TILE_ELEMENTS;
                     const uint16_t *bt = w + s * 2 * TILE_ELEMENTS;
-                    _tile_loadd(4, a, 64);
-                    _tile_loadd(6, bt, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_loadd(5, a + TILE_ELEMENTS, 64);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_loadd(7, bt + TILE_ELEMENTS, 64);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(3, 5, 7);
+                    multiply_step(a, a + TILE_ELEMENTS, 64, bt, bt + TILE_ELEMENTS, 64);
                 }
-                _tile_stored(0, sum, 128);
-                _tile_stored(1, sum + 16, 128);
-                _tile_stored(2, sum + 512, 128);
-                _tile_stored(3, sum + 528, 128);
+                store_sums(sum, 32 * sizeof(float));
                 if (s1 < steps) continue;
                 for (int64_t r = 32 * b; r < rows && r < 32 * b + 32; r++) {
                     const int64_t at = (first + r) * n + 32 * nb;

@@ -57,6 +57,47 @@ static inline void configure_tiles(void) {
     _tile_loadconfig(&config);
 }
 
+/* The 2 x 2 block of tile products both bf16 kernels run: fp32 sums in tiles 0, 1 (upper
+ * rows: left, right columns) and 2, 3 (lower rows); per step the left operand's upper and
+ * lower 16 rows in tiles 4, 5, the right operand's left and right 16 columns in tiles 6, 7.
+ * Each operand feeds two products, and a load waits for no product still reading the tile it
+ * replaces but the one just issued. Strides in bytes; a block of sums is 32 x 32 floats. */
+static inline void zero_sums(void) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+}
+
+static inline void load_sums(const float *from, int64_t stride) {
+    const float *below = from + 16 * stride / (int64_t)sizeof(float);
+    _tile_loadd(0, from, stride);
+    _tile_loadd(1, from + 16, stride);
+    _tile_loadd(2, below, stride);
+    _tile_loadd(3, below + 16, stride);
+}
+
+static inline void store_sums(float *to, int64_t stride) {
+    float *below = to + 16 * stride / (int64_t)sizeof(float);
+    _tile_stored(0, to, stride);
+    _tile_stored(1, to + 16, stride);
+    _tile_stored(2, below, stride);
+    _tile_stored(3, below + 16, stride);
+}
+
+static inline void multiply_step(const void *upper, const void *lower, int64_t left_stride,
+                                 const void *left_columns, const void *right_columns,
+                                 int64_t right_stride) {
+    _tile_loadd(4, upper, left_stride);
+    _tile_loadd(6, left_columns, right_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(5, lower, left_stride);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_loadd(7, right_columns, right_stride);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(3, 5, 7);
+}
+
 /* 2^x for x <= 0: 2^n 2^f with n = round(x), |f| <= 1/2 and the degree-5 Taylor polynomial
  * (relative error ~2e-6, far below bf16's 4e-3). Below 2^-126 the result is 0, not a
  * subnormal: the CPU computes on subnormals through slow microcode, and a ViT-B-32 attention

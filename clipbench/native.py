@@ -114,6 +114,14 @@ def run_parts(kernel, args: tuple, parts: int) -> list:
     return [first] + [other.result() for other in others]
 
 
+def declare_split(lib: ctypes.CDLL, name: str, signature: list, restype) -> None:
+    """Argument and result types of the two entry points :func:`run_split` calls:
+    ``name(*signature, part, parts)`` and ``<name>_threads(*signature, threads)``."""
+    for kernel, extra in ((getattr(lib, name), 2), (getattr(lib, f"{name}_threads"), 1)):
+        kernel.argtypes = [*signature, *[ctypes.c_int64] * extra]
+        kernel.restype = restype
+
+
 def run_split(lib: ctypes.CDLL, name: str, args: tuple, threads: int) -> list:
     """C function ``name`` of ``lib`` over ``threads`` threads; the calls' return values.
     Built with OpenMP (``built_with_openmp()``), one call of ``<name>_threads(*args,

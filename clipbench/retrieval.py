@@ -253,12 +253,12 @@ class NativeTilePass:
     def __init__(self, lib, threads: int):
         import ctypes
 
+        from clipbench import native
+
         pointer, integer = ctypes.c_void_p, ctypes.c_int64
         arguments = [pointer, integer, integer, integer] + [pointer] * 3
         arguments += [integer] + [pointer] * 11
-        for kernel, extra in ((lib.tile_pass, 2), (lib.tile_pass_threads, 1)):
-            kernel.argtypes = arguments + [integer] * extra
-            kernel.restype = None
+        native.declare_split(lib, "tile_pass", arguments, None)
         self.lib, self.threads = lib, threads
 
     def __call__(self, state: _PassState, scores, rows: slice, cols: slice, own_col) -> None:

@@ -206,7 +206,7 @@ def test_tile_linear_is_exact_up_to_its_bf16_rounding(m, k, n, act, residual):
         exact = torch.nn.functional.silu(exact)
     if other is not None:
         exact = exact + other.double()
-    got = tile_linear(x, pack_for_tiles(w), n, b, act, other)
+    got = tile_linear(x, pack_for_tiles(w), b, act, other)
     assert got is not None and got.dtype == torch.bfloat16 and got.shape == exact.shape
     error = (got.double() - exact).abs()
     # Summed in fp32, rounded once: within one bf16 ulp of the exact value (2^-8 relative),
@@ -223,7 +223,7 @@ def test_tile_linear_gives_the_same_bits_however_its_rows_are_split():
 
     x, w, b, other = linear_case(300, 256, 96, residual=True)
     packed = pack_for_tiles(w)
-    whole = tile_linear(x, packed, 96, b, "silu", other)
+    whole = tile_linear(x, packed, b, "silu", other)
     for parts in (1, 2, 3, 7, 13):  # 13 parts of 10 row blocks: some parts have none
         out = torch.empty_like(whole)
         args = (x.data_ptr(), 300, 256, packed.data_ptr(), 96, b.data_ptr(), other.data_ptr())

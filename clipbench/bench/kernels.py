@@ -314,8 +314,8 @@ def epilogues(device: torch.device, repeats: int) -> list[dict]:
             paths["oneDNN post-op"] = lambda x=x, w=w, b=b, a=act: linear_act(x, w, b, a)
         if linear_library() is not None:
             packed = pack_for_tiles(w)
-            paths["AMX tiles (linear.c)"] = lambda x=x, p=packed, n=n, b=b, a=act, o=other: (
-                tile_linear(x, p, n, b, a, o)
+            paths["AMX tiles (linear.c)"] = lambda x=x, p=packed, b=b, a=act, o=other: tile_linear(
+                x, p, b, a, o
             )
         with torch.inference_mode():
             for path, run in paths.items():
