@@ -86,7 +86,7 @@ def linear_add(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor, b: torch.T
 def _amx_library(name: str, signature: list) -> ctypes.CDLL | None:
     """clipbench/<name>.c built, where the CPU and OS grant AMX tiles, with its entry points
     ``name(*signature, part, parts)`` and ``<name>_threads(*signature, threads)``; else None."""
-    lib = native.load(name, ("-fopenmp",))
+    lib = native.load(name, native.OPENMP_FLAGS)
     if lib is None or not lib.amx_supported():
         return None
     native.declare_split(lib, name, signature, ctypes.c_int)

@@ -23,6 +23,8 @@ from pathlib import Path
 from clipbench.cache import cache_dir
 
 HERE = Path(__file__).parent
+# The flags every kernel that splits its work is built with (see run_split): torch's OpenMP.
+OPENMP_FLAGS = ("-fopenmp",)
 
 
 def _cpu_identity() -> str:

@@ -310,7 +310,7 @@ def _tile_reducer(device: torch.device, kernel: str):
         return _reduce_torch
     from clipbench import native
 
-    lib = native.load("tile_pass", ("-fopenmp",))
+    lib = native.load("tile_pass", native.OPENMP_FLAGS)
     if lib is None:
         if kernel == "native":
             raise RuntimeError("the native tile pass cannot be built here (no C compiler?)")

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from clipbench import native
 from clipbench.errors import InputError
 from clipbench.metrics import all_tied
 from clipbench.retrieval import placement_from_scores, ranks_from_scores, retrieve_both, topk
@@ -185,7 +186,7 @@ def native_tile_pass():
     return lib
 
 
-OPENMP = ("-fopenmp",)
+OPENMP = native.OPENMP_FLAGS
 
 
 OPENMP_RUNTIMES = """
