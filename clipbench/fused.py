@@ -15,7 +15,9 @@ in the GEMM's epilogue; 34.7 with the residual adds there too. So an open_clip
 - the residual adds (and a LayerScale, folded into the weights) as the GEMMs' sum post-op;
 - in bf16 on AMX CPUs, those three linears with their epilogues (SiLU, residual add) through
   clipbench/linear.c (:func:`tile_linear`), whose epilogue costs less than oneDNN's post-ops:
-  ViT-B-32 144 → 168 img/s, ViT-B-16 33.6 → 37.3 (2-core AMX Xeon, batch_size auto).
+  ViT-B-32 144 → 168 img/s, ViT-B-16 33.6 → 37.3 (2-core AMX Xeon, batch_size auto); and
+  ``ln_2`` computed as c_fc packs its input, instead of as a pass of its own: ViT-B-32 +7-9%,
+  ViT-B-16 +7%.
 
 A ViT's patch embedding (a convolution whose kernel is its stride) runs as one GEMM over the
 patches (:class:`PatchEmbedding`). Convolutional towers fold each eval-mode BatchNorm into the
@@ -105,8 +107,9 @@ def attention_library() -> ctypes.CDLL | None:
 @functools.cache
 def linear_library() -> ctypes.CDLL | None:
     """clipbench/linear.c (:func:`tile_linear`)."""
-    pointers_then_sizes = [_POINTER, _INTEGER, _INTEGER, _POINTER, _INTEGER]
-    return _amx_library("linear", pointers_then_sizes + [_POINTER, _POINTER, _INTEGER, _POINTER])
+    x_and_norm = [_POINTER, _INTEGER, _INTEGER, _POINTER, _POINTER, ctypes.c_float]
+    weight_and_epilogue = [_POINTER, _INTEGER, _POINTER, _POINTER, _INTEGER, _POINTER]
+    return _amx_library("linear", x_and_norm + weight_and_epilogue)
 
 
 def self_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
@@ -169,15 +172,30 @@ def tiles_serve(x: torch.Tensor, w: torch.Tensor, act: str, other: torch.Tensor 
     )
 
 
+def row_norm_fusable(norm: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`tile_linear` computes ``norm`` (a LayerNorm over x's last dimension, in
+    float32 as torch's own and open_clip's are, rounded once to x's dtype) as it packs x."""
+    from open_clip.transformer import LayerNorm, LayerNormFp32
+
+    return (
+        type(norm) in (nn.LayerNorm, LayerNorm, LayerNormFp32)
+        and norm.normalized_shape == (x.shape[-1],)
+        and norm.weight is not None
+        and norm.bias is not None
+    )
+
+
 def tile_linear(
     x: torch.Tensor,
     packed: torch.Tensor,
     b: torch.Tensor,
     act: str = "none",
     other: torch.Tensor | None = None,
+    norm: nn.LayerNorm | None = None,
 ) -> torch.Tensor | None:
-    """``act(linear(x)) (+ other)`` in bf16 by clipbench/linear.c from the weight as
-    :func:`pack_for_tiles` lays it out (where :func:`tiles_serve`), the epilogue on each block
+    """``act(linear(norm(x))) (+ other)`` in bf16 by clipbench/linear.c from the weight as
+    :func:`pack_for_tiles` lays it out (where :func:`tiles_serve`, and ``norm``, a LayerNorm,
+    where :func:`row_norm_fusable`), the LayerNorm as x is packed, the epilogue on each block
     as it leaves the tiles; None where the kernel declines. ViT-B (2-core AMX Xeon, 3200 token
     rows): c_fc with SiLU 1.9 TFLOP/s against oneDNN's post-op 1.4-1.7, c_proj and out_proj
     with the residual 2.0-2.1 against 1.6-1.9; the plain qkv projection stays with oneDNN
@@ -185,8 +203,12 @@ def tile_linear(
     k, n = x.shape[-1], packed.shape[0] * 32
     m = x.numel() // k
     out = x.new_empty(*x.shape[:-1], n)
-    bias = b.to(torch.bfloat16).contiguous()  # held until the call returns
-    args = (x.data_ptr(), m, k, packed.data_ptr(), n, bias.data_ptr())
+    bias = b.to(torch.bfloat16).contiguous()  # these held until the call returns
+    norm_args = (None, None, 0.0)
+    if norm is not None:
+        norm_weight, norm_bias = (p.detach().float().contiguous() for p in (norm.weight, norm.bias))
+        norm_args = (norm_weight.data_ptr(), norm_bias.data_ptr(), norm.eps)
+    args = (x.data_ptr(), m, k, *norm_args, packed.data_ptr(), n, bias.data_ptr())
     args += (None if other is None else other.data_ptr(), TILE_ACTIVATIONS[act], out.data_ptr())
     if any(native.run_split(linear_library(), "linear", args, torch.get_num_threads())):
         return None
@@ -282,6 +304,7 @@ class FusedBlock(nn.Module):
         if k_x is not None or v_x is not None:
             raise ValueError("FusedBlock serves self-attention only")
         batch, length, width = q_x.shape
+        # qkv stays with oneDNN: on the tiles, even with ln_1 packed in, ViT-B-32 ran 4% slower.
         qkv = linear(self.ln_1(q_x), self.in_w, self.in_b)
         if attn_mask is None:
             attended = self_attention(qkv, self.heads)
@@ -292,17 +315,20 @@ class FusedBlock(nn.Module):
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             attended = attended.transpose(1, 2).reshape(batch, length, width)
         x = self._project("out", attended, other=q_x)
-        hidden = self._project("fc", self.ln_2(x), act=self.act)
+        hidden = self._project("fc", x, act=self.act, norm=self.ln_2)
         return self._project("proj", hidden, other=x)
 
-    def _project(self, name: str, x, act: str = "none", other=None):
-        """``act(linear(x)) (+ other)`` through weights ``<name>_w``, ``<name>_b``: on AMX
-        tiles where they serve, else oneDNN's fused linear."""
+    def _project(self, name: str, x, act: str = "none", other=None, norm=None):
+        """``act(linear(norm(x))) (+ other)`` through weights ``<name>_w``, ``<name>_b``: on
+        AMX tiles where they serve (the LayerNorm ``norm`` as x is packed), else oneDNN's
+        fused linear."""
         w, b = getattr(self, f"{name}_w"), getattr(self, f"{name}_b")
-        if tiles_serve(x, w, act, other):
+        if tiles_serve(x, w, act, other) and (norm is None or row_norm_fusable(norm, x)):
             packed = self._packed(name, w)
-            if (out := tile_linear(x, packed, b, act, other)) is not None:
+            if (out := tile_linear(x, packed, b, act, other, norm)) is not None:
                 return out
+        if norm is not None:
+            x = norm(x)
         if other is not None:
             return linear_add(x, other, w, b)
         return linear(x, w, b) if act == "none" else linear_act(x, w, b, act)

@@ -24,6 +24,7 @@ from clipbench.fused import (
     linear_library,
     pack_for_tiles,
     patchify_fusable,
+    row_norm_fusable,
     self_attention,
     tile_linear,
     tiles_serve,
@@ -217,17 +218,69 @@ def test_tile_linear_is_exact_up_to_its_bf16_rounding(m, k, n, act, residual):
     assert float(error.mean()) <= 1.05 * float(onednn_error.mean()) + 1e-6
 
 
+def layer_norm_case(k, offset, seed=0):
+    """Rows far from zero mean (where a one-pass variance would cancel) and an affine part
+    away from 1 and 0."""
+    gen = torch.Generator().manual_seed(seed)
+    norm = nn.LayerNorm(k, eps=1e-5).bfloat16()
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(k, generator=gen))
+        norm.bias.copy_(0.5 * torch.randn(k, generator=gen))
+    x = (offset + 3 * torch.randn(40, k, generator=gen)).bfloat16()
+    return x, norm
+
+
+def exact_layer_norm(x, norm):
+    x = x.double()
+    centred = x - x.mean(-1, keepdim=True)
+    scaled = centred / (centred.square().mean(-1, keepdim=True) + norm.eps).sqrt()
+    return scaled * norm.weight.double() + norm.bias.double()
+
+
 @needs_tiles
-def test_tile_linear_gives_the_same_bits_however_its_rows_are_split():
+@pytest.mark.parametrize("k,offset", [(64, 0.0), (64, 100.0), (768, 10.0)])
+def test_the_layer_norm_packed_with_x_is_exact_up_to_its_bf16_rounding(k, offset):
+    x, norm = layer_norm_case(k, offset, seed=k)
+    identity = torch.eye(k, dtype=torch.bfloat16)  # out = the packed rows themselves
+    got = tile_linear(x, pack_for_tiles(identity), torch.zeros(k), norm=norm).double()
+    exact = exact_layer_norm(x, norm)
+    # One rounding to bf16: half an ulp (2^-8 relative at most), bar float32 noise near zero.
+    # A variance over k - 1 instead of k (0.8% at k = 64) or a dropped affine part fails it.
+    assert bool(((got - exact).abs() <= 2**-8 * exact.abs() + 1e-5).all())
+    with torch.inference_mode():  # and torch's own bf16 LayerNorm rounds to the same values
+        assert float((got == norm(x).double()).float().mean()) > 0.99
+
+
+@needs_tiles
+def test_tile_linear_with_its_layer_norm_is_as_close_to_exact_as_torchs():
+    x, norm = layer_norm_case(768, 1.0)
+    _, w, b, _ = linear_case(40, 768, 3072, residual=False)
+    exact = torch.nn.functional.silu(
+        torch.nn.functional.linear(exact_layer_norm(x, norm), w.double(), b.double())
+    )
+    got = tile_linear(x, pack_for_tiles(w), b, "silu", norm=norm)
+    with torch.inference_mode():
+        torch_way = linear_act(norm(x), w, b, "silu")
+    error, torch_error = ((y.double() - exact).abs() for y in (got, torch_way))
+    assert float(error.max()) <= 1.05 * float(torch_error.max()) + 1e-6
+    assert float(error.mean()) <= 1.05 * float(torch_error.mean()) + 1e-6
+
+
+@needs_tiles
+@pytest.mark.parametrize("normed", [False, True])
+def test_tile_linear_gives_the_same_bits_however_its_rows_are_split(normed):
     from clipbench import native
 
     x, w, b, other = linear_case(300, 256, 96, residual=True)
+    norm = layer_norm_case(256, 1.0)[1] if normed else None
     packed = pack_for_tiles(w)
-    whole = tile_linear(x, packed, b, "silu", other)
+    whole = tile_linear(x, packed, b, "silu", other, norm)
+    weights = [p.detach().float() for p in (norm.weight, norm.bias)] if normed else []
+    norm_args = (weights[0].data_ptr(), weights[1].data_ptr(), norm.eps) if normed else (0, 0, 0)
     for parts in (1, 2, 3, 7, 13):  # 13 parts of 10 row blocks: some parts have none
         out = torch.empty_like(whole)
-        args = (x.data_ptr(), 300, 256, packed.data_ptr(), 96, b.data_ptr(), other.data_ptr())
-        args += (1, out.data_ptr())
+        args = (x.data_ptr(), 300, 256, *norm_args, packed.data_ptr(), 96, b.data_ptr())
+        args += (other.data_ptr(), 1, out.data_ptr())
         assert native.run_parts(linear_library().linear, args, parts) == [0] * parts
         assert torch.equal(out, whole)
 
@@ -301,6 +354,18 @@ def test_only_convolutions_whose_kernel_is_their_stride_become_patch_embeddings(
     holder = nn.Sequential(*kept, nn.Conv2d(3, 8, 4, stride=4))
     assert fuse_patch_embeddings(holder) == 1 and isinstance(holder[-1], PatchEmbedding)
     assert all(holder[i] is conv for i, conv in enumerate(kept))
+
+
+def test_a_layer_norm_the_tiles_cannot_pack_runs_before_them():
+    stock = block("quick", width=64).to(torch.bfloat16)
+    stock.ln_2 = nn.LayerNorm(64, elementwise_affine=False).bfloat16()  # no weight to pack
+    x = torch.randn(2, 50, 64, dtype=torch.bfloat16)
+    assert not row_norm_fusable(stock.ln_2, x)
+    assert row_norm_fusable(stock.ln_1, x) and not row_norm_fusable(stock.ln_1, x[..., :32])
+    with torch.inference_mode():
+        want = stock(x).float()
+        got = FusedBlock(stock)(x).float()
+    torch.testing.assert_close(got, want, atol=0.05 * want.abs().max(), rtol=0)
 
 
 def test_blocks_that_differ_from_the_pattern_are_left_alone():
