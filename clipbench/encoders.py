@@ -116,7 +116,7 @@ class Encoder:
         are cast, so folding rounds once."""
         from clipbench.fused import (
             fuse_attention_pools,
-            fuse_convolutions,
+            fuse_convolutional_tower,
             fuse_patch_embeddings,
             fuse_transformer_blocks,
         )
@@ -126,7 +126,7 @@ class Encoder:
             fuse_attention_pools(module)
             fuse_patch_embeddings(module)
         tower = self.image_tower()
-        fused = fuse_convolutions(tower)
+        fused = fuse_convolutional_tower(tower)
         if fused is not tower:
             self.set_image_tower(fused)
         self.fused = True

@@ -579,6 +579,77 @@ def fuse_convolutions(module: nn.Module) -> nn.Module:
     return graph_module
 
 
+EARLY_STAGE = "layer2"  # a ResNet's stem and first two stages (torchvision's, open_clip's)
+SUB_BATCH_IMAGES = 4
+
+
+class SubBatched(nn.Module):
+    """``late(early(x))``, ``early`` run on ``images`` images at a time: a ResNet's first
+    stages have the largest activations (CLIP RN50 at batch 16 in bf16: 26 MB a tensor at
+    56²), which then stay in cache from one layer to the next, while the later stages, whose
+    GEMMs want rows, see the whole batch. Each image's result is the same either way."""
+
+    def __init__(self, early: nn.Module, late: nn.Module, images: int):
+        super().__init__()
+        self.early, self.late, self.images = early, late, images
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.images:
+            return self.late(self.early(x))
+        return self.late(torch.cat([self.early(part) for part in x.split(self.images)]))
+
+
+def _stage(node) -> str | None:
+    """The top-level submodule a traced node belongs to."""
+    if node.op in ("call_module", "get_attr"):
+        return node.target.split(".")[0]
+    stack = node.meta.get("nn_module_stack")
+    return next(iter(stack)).split(".")[0] if stack else None
+
+
+def sub_batch_early_stages(
+    module: nn.Module, stage: str = EARLY_STAGE, images: int = SUB_BATCH_IMAGES
+) -> nn.Module:
+    """A traced tower (as :func:`fuse_convolutions` returns it) as :class:`SubBatched`, cut
+    after the last node of submodule ``stage``; as it was where it has no such stage, or
+    where any value but that node's output crosses the cut."""
+    from torch import fx
+
+    if not isinstance(module, fx.GraphModule):
+        return module
+    nodes = list(module.graph.nodes)
+    inside = [i for i, node in enumerate(nodes) if _stage(node) == stage]
+    if not inside or sum(node.op == "placeholder" for node in nodes) != 1:
+        return module
+    cut = nodes[inside[-1]]
+    early, late = fx.Graph(), fx.Graph()
+    early_values: dict = {}
+    for node in nodes[: inside[-1] + 1]:
+        early_values[node] = early.node_copy(node, early_values.__getitem__)
+    early.output(early_values[cut])
+    late_values = {cut: late.placeholder("x")}
+    for node in nodes[inside[-1] + 1 :]:
+        for used in node.all_input_nodes:
+            if used in late_values:
+                continue
+            if used.op != "get_attr":  # an activation of the early part: not a clean cut
+                return module
+            late_values[used] = late.node_copy(used)
+        late_values[node] = late.node_copy(node, late_values.__getitem__)
+    return SubBatched(fx.GraphModule(module, early), fx.GraphModule(module, late), images)
+
+
+def fuse_convolutional_tower(module: nn.Module) -> nn.Module:
+    """:func:`fuse_convolutions`, then, for CLIP's ResNets, :func:`sub_batch_early_stages`:
+    RN50 bf16 at batch 16 99–103 → 111–121 img/s, float32 at batch 8 20.3 → 23.2 (2-core AMX
+    Xeon, alternated medians). torchvision's resnet50, whose first stages have no
+    anti-aliasing average pools, measured no gain (138 against 141, 146 against 151 at 32)."""
+    from open_clip.modified_resnet import ModifiedResNet
+
+    fused = fuse_convolutions(module)
+    return sub_batch_early_stages(fused) if isinstance(module, ModifiedResNet) else fused
+
+
 def _set(root: nn.Module, target: str, module: nn.Module) -> None:
     parent, _, name = target.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, module)

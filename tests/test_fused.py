@@ -12,9 +12,11 @@ from clipbench.fused import (
     FusedAttentionPool,
     FusedBlock,
     PatchEmbedding,
+    SubBatched,
     attention_library,
     fusable,
     fuse_attention_pools,
+    fuse_convolutional_tower,
     fuse_convolutions,
     fuse_patch_embeddings,
     fuse_transformer_blocks,
@@ -26,6 +28,7 @@ from clipbench.fused import (
     patchify_fusable,
     row_norm_fusable,
     self_attention,
+    sub_batch_early_stages,
     tile_linear,
     tiles_serve,
 )
@@ -435,6 +438,63 @@ def test_fused_attention_pool_equals_the_stock_pool_and_traces_as_one_call(dtype
     with torch.inference_mode():
         got = traced(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
     torch.testing.assert_close(got, want, atol=1e-5 * want.abs().max(), rtol=0)
+
+
+def small_clip_resnet():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    torch.manual_seed(0)
+    tower = ModifiedResNet(layers=[1, 2, 1, 1], output_dim=32, heads=4, image_size=64).eval()
+    with torch.no_grad():
+        for m in tower.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2)
+    fuse_attention_pools(tower)
+    return tower
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 4, 5, 11])  # one part, exactly one, a partial last part
+def test_a_clip_resnet_sub_batched_in_its_early_stages_gives_the_same_embeddings(dtype, batch):
+    tower = small_clip_resnet()
+    whole = fuse_convolutions(tower).to(dtype)
+    split = fuse_convolutional_tower(tower).to(dtype)
+    assert isinstance(split, SubBatched) and split.images == 4
+    # The cut: the stem and layer1-2 before it, layer3 on after it, nothing else across.
+    early_targets = [n.target for n in split.early.graph.nodes if n.op == "call_module"]
+    late_targets = [n.target for n in split.late.graph.nodes if n.op == "call_module"]
+    assert early_targets[0] == "conv1" and early_targets[-1].startswith("layer2.1.")
+    assert not any(t.startswith(("layer1", "layer2")) for t in late_targets)
+    assert any(t.startswith("layer3") for t in late_targets)
+    x = torch.randn(batch, 3, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want, got = whole(x).float(), split(x).float()
+    assert got.shape == (batch, 32)
+    torch.testing.assert_close(got, want, atol=1e-6 * float(want.abs().max()), rtol=0)
+
+
+def test_towers_without_a_clean_cut_are_not_sub_batched():
+    import torchvision
+
+    resnet = torchvision.models.resnet18().eval()  # measured no faster sub-batched
+    assert not isinstance(fuse_convolutional_tower(resnet), SubBatched)
+    traced = fuse_convolutions(resnet)
+    assert isinstance(sub_batch_early_stages(traced), SubBatched)
+    assert sub_batch_early_stages(traced, stage="no_such_stage") is traced
+
+    class Skips(nn.Module):  # the stem's output is used again after layer2
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.layer2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+
+        def forward(self, x):
+            stem = self.stem(x)
+            return self.layer2(stem) + stem
+
+    skips = fuse_convolutions(Skips().eval())
+    assert sub_batch_early_stages(skips) is skips
 
 
 @pytest.mark.parametrize("arch", ["tiny-rn", "tiny-vit-16", "bert_resnet"])

@@ -12,7 +12,7 @@ import torch
 from clipbench.batching import CPU_TOKENS_PER_BATCH, batch_sizes
 from clipbench.fused import (
     fuse_attention_pools,
-    fuse_convolutions,
+    fuse_convolutional_tower,
     fuse_patch_embeddings,
     fuse_transformer_blocks,
 )
@@ -213,7 +213,7 @@ def model_throughput(
             fuse_transformer_blocks(owner)
             fuse_patch_embeddings(owner)
             if conv:
-                module = fuse_convolutions(module)
+                module = fuse_convolutional_tower(module)
         if policy.cast_weights:
             owner.to(policy.dtype)
             module = module.to(policy.dtype) if isinstance(module, torch.nn.Module) else module
