@@ -280,7 +280,8 @@ def mechanisms(device: torch.device, repeats: int, batch: int = 32) -> list[dict
 def epilogues(device: torch.device, repeats: int) -> list[dict]:
     """ViT-B's projections with the epilogues a tower needs, in bf16 at the token rows of a
     batch_size auto batch (ViT-B-32: 64 images x 50 tokens): plain, as oneDNN fuses them
-    (post-ops), and on the AMX tiles of clipbench/linear.c where this CPU has them.
+    (post-ops), and on the AMX tiles of clipbench/linear.c where this CPU has them (c_fc also
+    with its LayerNorm computed as the tiles pack x, as the tower runs it).
     :class:`clipbench.fused.FusedBlock` takes the tiles for the three with an epilogue;
     this is why."""
     from clipbench.fused import (
@@ -295,28 +296,38 @@ def epilogues(device: torch.device, repeats: int) -> list[dict]:
     if device.type != "cpu":
         return []
     tokens, gen = CPU_TOKENS_PER_BATCH["bf16"], torch.Generator().manual_seed(0)
-    cases = {
-        "qkv": (WIDTH, 3 * WIDTH, "none", False),
-        "out_proj + residual": (WIDTH, WIDTH, "none", True),
-        "c_fc + SiLU": (WIDTH, 4 * WIDTH, "silu", False),
-        "c_proj + residual": (4 * WIDTH, WIDTH, "none", True),
+    cases = {  # k, n, epilogue, residual, the LayerNorm before it
+        "qkv": (WIDTH, 3 * WIDTH, "none", False, False),
+        "out_proj + residual": (WIDTH, WIDTH, "none", True, False),
+        "c_fc + SiLU": (WIDTH, 4 * WIDTH, "silu", False, False),
+        "ln_2, c_fc + SiLU": (WIDTH, 4 * WIDTH, "silu", False, True),
+        "c_proj + residual": (4 * WIDTH, WIDTH, "none", True, False),
     }
     rows = []
-    for label, (k, n, act, residual) in cases.items():
+    for label, (k, n, act, residual, normed) in cases.items():
         x = torch.randn(tokens, k, generator=gen).bfloat16()
         w = (torch.randn(n, k, generator=gen) / k**0.5).bfloat16()
         b = torch.randn(n, generator=gen).bfloat16()
         other = torch.randn(tokens, n, generator=gen).bfloat16() if residual else None
-        paths = {"oneDNN, plain": lambda x=x, w=w, b=b: linear(x, w, b)}
+        norm = torch.nn.LayerNorm(k).bfloat16() if normed else None
+
+        def before(x, norm=norm):  # what the tower runs ahead of the GEMM
+            return x if norm is None else norm(x)
+
+        paths = {"oneDNN, plain": lambda x=x, w=w, b=b: linear(before(x), w, b)}
         if residual:
             paths["oneDNN post-op"] = lambda x=x, w=w, b=b, o=other: linear_add(x, o, w, b)
         elif act != "none":
-            paths["oneDNN post-op"] = lambda x=x, w=w, b=b, a=act: linear_act(x, w, b, a)
+            paths["oneDNN post-op"] = lambda x=x, w=w, b=b, a=act: linear_act(before(x), w, b, a)
         if linear_library() is not None:
             packed = pack_for_tiles(w)
             paths["AMX tiles (linear.c)"] = lambda x=x, p=packed, b=b, a=act, o=other: tile_linear(
-                x, p, b, a, o
+                before(x), p, b, a, o
             )
+            if normed:
+                paths["AMX tiles, LayerNorm as x is packed"] = (
+                    lambda x=x, p=packed, b=b, a=act, m=norm: tile_linear(x, p, b, a, norm=m)
+                )
         with torch.inference_mode():
             for path, run in paths.items():
                 seconds = timed(run, device, repeats)
