@@ -23,7 +23,8 @@ A ViT's patch embedding (a convolution whose kernel is its stride) runs as one G
 patches (:class:`PatchEmbedding`). Convolutional towers fold each eval-mode BatchNorm into the
 convolution before it and run the
 ReLU that follows as the convolution's post-op (:func:`fuse_convolutions`); CLIP's ResNets
-end in an attention pool that keeps only its first token, and :class:`FusedAttentionPool`
+run their stem and first two stages a few images at a time (:class:`SubBatched`) and end in
+an attention pool that keeps only its first token, and :class:`FusedAttentionPool`
 computes only that token's query and output projection.
 
 Every fast path is checked against the stock module in the tests, at each precision's
