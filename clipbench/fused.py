@@ -581,23 +581,29 @@ def fuse_convolutions(module: nn.Module) -> nn.Module:
 
 
 EARLY_STAGE = "layer2"  # a ResNet's stem and first two stages (torchvision's, open_clip's)
-SUB_BATCH_IMAGES = 4
+SUB_BATCH_PIXELS = 4 * 224 * 224  # per part: 4 images at 224² (2 and 8 measured no better)
 
 
 class SubBatched(nn.Module):
-    """``late(early(x))``, ``early`` run on ``images`` images at a time: a ResNet's first
-    stages have the largest activations (CLIP RN50 at batch 16 in bf16: 26 MB a tensor at
-    56²), which then stay in cache from one layer to the next, while the later stages, whose
-    GEMMs want rows, see the whole batch. Each image's result is the same either way."""
+    """``late(early(x))``, ``early`` run on parts of the batch of about ``pixels`` input
+    pixels each: a ResNet's first stages have the largest activations (CLIP RN50 at batch 16
+    in bf16: 26 MB a tensor at 56²), which then stay in cache from one layer to the next,
+    while the later stages, whose GEMMs want rows, see the whole batch. The activations scale
+    with the pixels, so a larger input runs fewer images a part. Each image's result is the
+    same either way."""
 
-    def __init__(self, early: nn.Module, late: nn.Module, images: int):
+    def __init__(self, early: nn.Module, late: nn.Module, pixels: int):
         super().__init__()
-        self.early, self.late, self.images = early, late, images
+        self.early, self.late, self.pixels = early, late, pixels
+
+    def images_per_part(self, x: torch.Tensor) -> int:
+        return max(1, self.pixels // (x.shape[-2] * x.shape[-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= self.images:
+        images = self.images_per_part(x)
+        if x.shape[0] <= images:
             return self.late(self.early(x))
-        return self.late(torch.cat([self.early(part) for part in x.split(self.images)]))
+        return self.late(torch.cat([self.early(part) for part in x.split(images)]))
 
 
 def _stage(node) -> str | None:
@@ -609,7 +615,7 @@ def _stage(node) -> str | None:
 
 
 def sub_batch_early_stages(
-    module: nn.Module, stage: str = EARLY_STAGE, images: int = SUB_BATCH_IMAGES
+    module: nn.Module, stage: str = EARLY_STAGE, pixels: int = SUB_BATCH_PIXELS
 ) -> nn.Module:
     """A traced tower (as :func:`fuse_convolutions` returns it) as :class:`SubBatched`, cut
     after the last node of submodule ``stage``; as it was where it has no such stage, or
@@ -637,7 +643,7 @@ def sub_batch_early_stages(
                 return module
             late_values[used] = late.node_copy(used)
         late_values[node] = late.node_copy(node, late_values.__getitem__)
-    return SubBatched(fx.GraphModule(module, early), fx.GraphModule(module, late), images)
+    return SubBatched(fx.GraphModule(module, early), fx.GraphModule(module, late), pixels)
 
 
 def fuse_convolutional_tower(module: nn.Module) -> nn.Module:

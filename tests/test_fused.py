@@ -458,9 +458,12 @@ def small_clip_resnet():
 @pytest.mark.parametrize("batch", [1, 4, 5, 11])  # one part, exactly one, a partial last part
 def test_a_clip_resnet_sub_batched_in_its_early_stages_gives_the_same_embeddings(dtype, batch):
     tower = small_clip_resnet()
+    assert isinstance(fuse_convolutional_tower(tower), SubBatched)
     whole = fuse_convolutions(tower).to(dtype)
-    split = fuse_convolutional_tower(tower).to(dtype)
-    assert isinstance(split, SubBatched) and split.images == 4
+    # Parts of 4 images at 64² (by default 4 at 224², i.e. 49 at 64²).
+    split = sub_batch_early_stages(fuse_convolutions(tower), pixels=4 * 64 * 64).to(dtype)
+    assert split.images_per_part(torch.empty(1, 3, 64, 64)) == 4
+    assert split.images_per_part(torch.empty(1, 3, 256, 256)) == 1
     # The cut: the stem and layer1-2 before it, layer3 on after it, nothing else across.
     early_targets = [n.target for n in split.early.graph.nodes if n.op == "call_module"]
     late_targets = [n.target for n in split.late.graph.nodes if n.op == "call_module"]
