@@ -16,8 +16,8 @@ in the GEMM's epilogue; 34.7 with the residual adds there too. So an open_clip
 - in bf16 on AMX CPUs, those three linears with their epilogues (SiLU, residual add) through
   clipbench/linear.c (:func:`tile_linear`), whose epilogue costs less than oneDNN's post-ops:
   ViT-B-32 144 → 168 img/s, ViT-B-16 33.6 → 37.3 (2-core AMX Xeon, batch_size auto); and
-  ``ln_2`` computed as c_fc packs its input, instead of as a pass of its own: ViT-B-32 +7-9%,
-  ViT-B-16 +7%.
+  ``ln_2`` computed as c_fc packs its input, instead of as a pass of its own: ViT-B-32 +9-10%,
+  ViT-B-16 +7% (alternated).
 
 A ViT's patch embedding (a convolution whose kernel is its stride) runs as one GEMM over the
 patches (:class:`PatchEmbedding`). Convolutional towers fold each eval-mode BatchNorm into the

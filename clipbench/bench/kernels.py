@@ -316,7 +316,7 @@ def epilogues(device: torch.device, repeats: int) -> list[dict]:
 
         paths = {"oneDNN, plain": lambda x=x, w=w, b=b: linear(before(x), w, b)}
         if residual:
-            paths["oneDNN post-op"] = lambda x=x, w=w, b=b, o=other: linear_add(x, o, w, b)
+            paths["oneDNN post-op"] = lambda x=x, w=w, b=b, o=other: linear_add(before(x), o, w, b)
         elif act != "none":
             paths["oneDNN post-op"] = lambda x=x, w=w, b=b, a=act: linear_act(before(x), w, b, a)
         if linear_library() is not None:
