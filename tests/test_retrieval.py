@@ -253,10 +253,13 @@ def test_native_tile_pass_equals_the_torch_path_bit_for_bit(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        # Both under the same thread count: the tile GEMM is torch's in both paths, and its
+        # summation order may follow the threads (AMD Zen 4: scores 1 ulp apart between 2 and
+        # 3); what this compares is only what reads the tile.
         native = retrieve_both(texts, images, caption_image, 6, tile_scores, kernel="native")
+        reference = retrieve_both(texts, images, caption_image, 6, tile_scores, kernel="torch")
     finally:
         torch.set_num_threads(before)
-    reference = retrieve_both(texts, images, caption_image, 6, tile_scores, kernel="torch")
     for got, want in zip(native, reference, strict=True):
         for field in RESULT_FIELDS:
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field), err_msg=field)
