@@ -46,10 +46,17 @@ from clipbench import native
 QUICK_GELU_ALPHA = 1.702
 
 
+@functools.cache
+def _mkldnn_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels on this CPU (AVX-512 or AVX-NE-CONVERT): without them
+    (an AVX2 Zen 3, say) its fused bf16 ops refuse to run, and torch's own ops compute bf16."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _mkldnn(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
-        and x.dtype in (torch.bfloat16, torch.float32)
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _mkldnn_bf16()))
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )

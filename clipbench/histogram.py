@@ -52,10 +52,13 @@ def rank_cdf_table(values: np.ndarray, counts: np.ndarray | None = None) -> pa.T
     if counts is None:
         values, counts = np.unique(np.asarray(values, dtype=np.int64), return_counts=True)
     counts = np.asarray(counts, dtype=np.float64)
+    cumulative = np.cumsum(counts)
+    # Over the running sum's own last value, not counts.sum(): with fractional counts the two
+    # may differ in the last bit, and the curve must end at exactly 1.
     return pa.table(
         {
             "rank": np.asarray(values, np.int64),
             "count": counts,
-            "cdf": np.cumsum(counts) / counts.sum(),
+            "cdf": cumulative / cumulative[-1],
         }
     )

@@ -39,6 +39,17 @@ def test_rank_cdf():
     assert table["cdf"].to_pylist() == [0.5, 0.75, 1.0]
 
 
+def test_rank_cdf_of_fractional_counts_ends_at_exactly_one():
+    """Tied queries spread over their places as thirds: summed in another order than the
+    running sum (numpy's sum is pairwise), the total differs from it in the last bit."""
+    from clipbench.histogram import rank_cdf_table
+
+    counts = np.full(16, 1 / 3)
+    assert np.cumsum(counts)[-1] != counts.sum()  # the case this test is about
+    cdf = rank_cdf_table(np.arange(1, 17), counts)["cdf"].to_numpy()
+    assert cdf[-1] == 1.0 and np.all(np.diff(cdf) > 0)
+
+
 @pytest.mark.parametrize("dense", [True, False])
 def test_sampled_non_matched_pairs_are_other_images_scored_exactly(monkeypatch, dense):
     """Above max_pairs the pairs are a seeded sample: never a caption's own image, each scored
