@@ -148,3 +148,17 @@ def test_batched_finish_is_the_per_image_finish_bit_for_bit(
     assert batch is not None and batch.shape[0] == 7
     single = torch.stack([encoder.finish(stored.image(i)) for i in range(2, 9)])
     torch.testing.assert_close(batch, single, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("native", [None, "bf16"])
+def test_bf16_without_native_kernels_warns_that_it_is_emulated(
+    checkpoints, dataset, monkeypatch, caplog, native
+):
+    from clipbench.stages import encode as stage
+
+    monkeypatch.setattr(stage, "native_reduced", lambda device: native)
+    path, captions, _ = dataset
+    bf16 = EncodeSettings.parse({"device": "cpu", "precision": "bf16", "batch_size": 3})
+    spec = parse_model(open_clip_spec(checkpoints, "tiny-rn"))
+    Session.open(spec, bf16, str(path), str(captions), 1, None, "tiny-rn")
+    assert ("emulated" in caplog.text) == (native is None)
