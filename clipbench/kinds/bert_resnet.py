@@ -254,8 +254,10 @@ def torchvision_weights(spec: BertResnetSpec):
 def imagenet_geometry(transform, image: Image.Image) -> Image.Image:
     from torchvision.transforms import functional as F
 
-    t = transform
-    image = F.resize(image, t.resize_size, interpolation=t.interpolation, antialias=t.antialias)
+    from clipbench.resample import torchvision_resize
+
+    t = transform  # antialias: Pillow always antialiases
+    image = torchvision_resize(image, t.resize_size, t.interpolation)
     return F.center_crop(image, t.crop_size)
 
 

@@ -298,6 +298,8 @@ def split_geometry(compose) -> tuple[Any, Any, str | None]:
     from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
     from torchvision import transforms
 
+    from clipbench.resample import GeometricSteps
+
     geometric = (transforms.Resize, transforms.CenterCrop, ResizeKeepRatio, CenterCropOrPad)
     steps = list(compose.transforms)
     cut = 0
@@ -306,7 +308,7 @@ def split_geometry(compose) -> tuple[Any, Any, str | None]:
     key = "; ".join(repr(t) for t in steps[:cut])
     shareable = cut > 0 and " at 0x" not in key
     return (
-        transforms.Compose(steps[:cut]),
+        GeometricSteps(steps[:cut]),
         transforms.Compose(steps[cut:]),
         f"open_clip: {key}" if shareable else None,
     )

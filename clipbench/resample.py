@@ -1,0 +1,115 @@
+"""Pillow's bilinear and bicubic resize of RGB images, the same bytes, in vectorised C.
+
+Every shared geometry starts with a resize (CLIP: bicubic, shortest side 224; the ResNet
+baseline: bilinear to 256), and Pillow's scalar resampling of a 1280² photo costs more than
+decoding it. `resize` hands the image's own storage (Pillow's Arrow export: no copy) to
+``clipbench/resample.c``; where that kernel cannot be built, fails its check against Pillow
+at load, or the case is not one it covers, Pillow resizes as before. Either way the pixels
+are Pillow's, so stored pixels and geometry keys do not change.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from clipbench import native
+
+KERNEL_FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+# Sizes the load-time check resizes both ways, each pass order among them.
+CHECK_CASES = (((97, 61), (23, 17)), ((40, 300), (31, 50)), ((300, 41), (64, 40)))
+
+
+def _call(lib: ctypes.CDLL, image: Image.Image, size: tuple[int, int], resample: int):
+    """The kernel's resize, or None where the image's storage cannot be exported whole."""
+    import pyarrow as pa
+
+    try:
+        storage = pa.array(image)  # fixed_size_list<uint8>[4] over Pillow's own block
+    except (ValueError, TypeError, pa.ArrowException):
+        return None
+    values = storage.values
+    address = values.buffers()[1].address + values.offset + 4 * storage.offset
+    out = np.empty((size[1], size[0], 3), np.uint8)
+    done = lib.resize_rgbx(
+        address, image.width, image.height, out.ctypes.data, size[0], size[1], int(resample)
+    )
+    del storage  # the export holds the image until here
+    return Image.fromarray(out, "RGB") if done else None
+
+
+@functools.cache
+def _kernel() -> ctypes.CDLL | None:
+    lib = native.load("resample", ("-ffp-contract=off",))
+    if lib is None:
+        return None
+    lib.resize_rgbx.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.resize_rgbx.argtypes += [ctypes.c_void_p, *[ctypes.c_int64] * 3]
+    lib.resize_rgbx.restype = ctypes.c_int
+    # Pillow's coefficients come from double arithmetic the kernel must repeat exactly; a
+    # compiler that fused or reordered it would shift a rare pixel by one: checked once.
+    rng = np.random.default_rng(0)
+    for (w, h), size in CHECK_CASES:
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+        for resample in KERNEL_FILTERS:
+            ours = _call(lib, image, size, resample)
+            if ours is None or ours.tobytes() != image.resize(size, resample).tobytes():
+                warnings.warn("native resize differs from Pillow's; Pillow resizes", stacklevel=2)
+                return None
+    return lib
+
+
+def resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    """``image.resize(size, resample)``: the same pixels, faster where the kernel serves."""
+    size = (int(size[0]), int(size[1]))
+    covered = (
+        image.mode == "RGB"
+        and resample in KERNEL_FILTERS
+        and size[0] != image.width
+        and size[1] != image.height
+        and min(size) > 0
+    )
+    lib = _kernel() if covered else None
+    resized = _call(lib, image, size, resample) if lib is not None else None
+    return resized if resized is not None else image.resize(size, resample)
+
+
+def torchvision_resize(image: Image.Image, size, interpolation, max_size=None) -> Image.Image:
+    """``torchvision.transforms.functional.resize`` of a PIL image: its own output size and
+    mapping of interpolation modes, resampled by :func:`resize`."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    output_size = getattr(F, "_compute_resized_output_size", None)  # private: may move
+    if output_size is None or not isinstance(interpolation, InterpolationMode):
+        return F.resize(image, size, interpolation, max_size)
+    sizes = [size] if isinstance(size, int) else list(size)
+    height, width = output_size((image.height, image.width), sizes, max_size)
+    if (height, width) == (image.height, image.width):
+        return image
+    return resize(image, (width, height), F.pil_modes_mapping[interpolation])
+
+
+class GeometricSteps:
+    """A torchvision ``Compose`` of resize/crop steps on PIL images, its ``Resize`` steps
+    through :func:`torchvision_resize` (the others, e.g. crops, as they are)."""
+
+    def __init__(self, steps):
+        self.steps = list(steps)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        from torchvision import transforms
+
+        for step in self.steps:
+            if isinstance(step, transforms.Resize) and isinstance(image, Image.Image):
+                image = torchvision_resize(image, step.size, step.interpolation, step.max_size)
+            else:
+                image = step(image)
+        return image
+
+    def __repr__(self) -> str:
+        return f"GeometricSteps({self.steps!r})"

@@ -1,0 +1,137 @@
+"""The vectorised resize against Pillow's own, byte for byte."""
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipbench import native, resample
+
+HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+def random_image(rng, width: int, height: int, mode: str = "RGB") -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel():
+    resample._kernel.cache_clear()
+    yield
+    resample._kernel.cache_clear()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler")
+def test_the_kernel_builds_and_passes_its_check_where_a_compiler_exists():
+    assert resample._kernel() is not None
+
+
+# Shrinking and growing, each pass order (Pillow runs the vertical pass first when the height
+# shrinks more than twice as much as the width), windows cut at both edges, a 1-pixel side,
+# row counts that are not a multiple of the kernel's 16, the workflow's own 1280² → 224².
+SIZES = [
+    ((1280, 1280), (224, 224)),
+    ((1280, 960), (298, 224)),
+    ((333, 1021), (224, 686)),
+    ((640, 2000), (500, 60)),
+    ((37, 19), (101, 77)),
+    ((513, 17), (7, 3)),
+    ((2, 50), (1, 49)),
+    ((300, 300), (299, 1)),
+]
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler")
+@pytest.mark.parametrize("filter", resample.KERNEL_FILTERS)
+@pytest.mark.parametrize(("source", "size"), SIZES)
+def test_resize_is_pillows_byte_for_byte(source, size, filter):
+    rng = np.random.default_rng(sum(source) + sum(size))
+    image = random_image(rng, *source)
+    # Flat regions and hard edges saturate the bicubic lobes: the sums' clipping counts.
+    pixels = np.asarray(image).copy()
+    pixels[: source[1] // 2, : source[0] // 3] = 255
+    pixels[source[1] // 2 :, source[0] // 3 : source[0] // 2] = 0
+    image = Image.fromarray(pixels, "RGB")
+    assert resample._kernel() is not None
+    ours = resample.resize(image, size, filter)
+    assert ours.mode == "RGB" and ours.size == size
+    assert ours.tobytes() == image.resize(size, filter).tobytes()
+
+
+def test_random_sizes_match_pillow():
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        source = tuple(int(v) for v in rng.integers(1, 400, 2))
+        size = tuple(int(v) for v in rng.integers(1, 300, 2))
+        image = random_image(rng, *source)
+        for filter in resample.KERNEL_FILTERS:
+            expected = image.resize(size, filter).tobytes()
+            assert resample.resize(image, size, filter).tobytes() == expected, (source, size)
+
+
+@pytest.mark.parametrize(
+    ("mode", "filter", "size"),
+    [
+        ("L", Image.Resampling.BICUBIC, (20, 30)),  # not RGB
+        ("RGB", Image.Resampling.LANCZOS, (20, 30)),  # a filter the kernel leaves to Pillow
+        ("RGB", Image.Resampling.BICUBIC, (64, 30)),  # one side unchanged
+        ("RGB", Image.Resampling.BICUBIC, (64, 48)),  # no change at all
+    ],
+)
+def test_cases_the_kernel_does_not_cover_are_pillows(mode, filter, size):
+    image = random_image(np.random.default_rng(3), 64, 48, mode)
+    ours = resample.resize(image, size, filter)
+    assert ours.mode == mode and ours.tobytes() == image.resize(size, filter).tobytes()
+
+
+def test_a_kernel_that_disagrees_with_pillow_is_not_used(monkeypatch):
+    real = resample._call
+
+    def off_by_one(lib, image, size, filter):
+        out = real(lib, image, size, filter)
+        pixels = np.asarray(out).copy()
+        pixels[0, 0, 0] ^= 1
+        return Image.fromarray(pixels, "RGB")
+
+    monkeypatch.setattr(resample, "_call", off_by_one)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lib = resample._kernel()
+    if native.load("resample", ("-ffp-contract=off",)) is None:
+        pytest.skip("no kernel to check")
+    assert lib is None and any("differs from Pillow" in str(w.message) for w in caught)
+    image = random_image(np.random.default_rng(4), 90, 70)
+    expected = image.resize((30, 20), Image.Resampling.BICUBIC).tobytes()
+    assert resample.resize(image, (30, 20), Image.Resampling.BICUBIC).tobytes() == expected
+
+
+def test_without_native_kernels_pillow_resizes(monkeypatch):
+    monkeypatch.setenv("CLIPBENCH_NATIVE", "0")
+    native.load.cache_clear()
+    try:
+        assert resample._kernel() is None
+        image = random_image(np.random.default_rng(5), 90, 70)
+        expected = image.resize((30, 20), Image.Resampling.BILINEAR).tobytes()
+        assert resample.resize(image, (30, 20), Image.Resampling.BILINEAR).tobytes() == expected
+    finally:
+        native.load.cache_clear()
+
+
+@pytest.mark.parametrize("source", [(1280, 1280), (640, 427), (427, 640), (225, 224), (100, 90)])
+def test_geometric_steps_equal_torchvisions_compose(source):
+    from torchvision import transforms
+
+    steps = [
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+    ]
+    image = random_image(np.random.default_rng(sum(source)), *source)
+    ours = resample.GeometricSteps(steps)(image)
+    assert ours.tobytes() == transforms.Compose(steps)(image).tobytes()
+    bilinear = [transforms.Resize((256, 200)), transforms.CenterCrop(199)]
+    assert (
+        resample.GeometricSteps(bilinear)(image).tobytes()
+        == transforms.Compose(bilinear)(image).tobytes()
+    )
