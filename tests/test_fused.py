@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from clipbench import fused as fused_module
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts
 from clipbench.fused import (
@@ -395,14 +397,59 @@ def test_folded_convolutions_equal_the_stock_tower(dtype):
     fused = fuse_convolutions(tower).to(dtype)
     kinds = [type(m) for m in fused.modules()]
     assert nn.BatchNorm2d not in kinds and nn.ReLU not in kinds
-    # Every ReLU became a post-op; the blocks' ends are add-then-ReLU post-ops.
+    # Every ReLU became a post-op; the blocks' ends are add-then-ReLU post-ops; the three
+    # downsampling convolutions have none.
     assert sum(isinstance(m, ConvAct) and m.add for m in fused.modules()) == 8
+    assert sum(isinstance(m, ConvAct) and not m.relu for m in fused.modules()) == 3
+    assert nn.Conv2d not in kinds
     x = torch.randn(2, 3, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         want = tower.to(dtype)(x).float()
         got = fused(x).float()
     tolerance = 1e-4 if dtype == torch.float32 else 0.05
     torch.testing.assert_close(got, want, atol=tolerance * want.abs().max(), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_convolution_keeps_onednns_weight_layout_and_gives_the_same_bits(dtype, relu):
+    import copy
+
+    if not fused_module._mkldnn(torch.ones(1, dtype=dtype)):
+        pytest.skip("no oneDNN kernels for this dtype here")
+    torch.manual_seed(0)
+    conv = ConvAct(nn.Conv2d(16, 32, 3, padding=1), add=False, relu=relu).to(dtype)
+
+    def unpacked(x):  # oneDNN from the plain weight, as before
+        act = "relu" if relu else "none"
+        args = (conv.padding, conv.stride, conv.dilation, conv.groups)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, *args, act, [], ""
+        )
+
+    def image(batch, size):
+        x = torch.randn(batch, 16, size, size).to(dtype)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    with torch.inference_mode():
+        x = image(4, 20)
+        assert torch.equal(conv(x), unpacked(x))
+        packed = conv._packed[2]
+        for other in (image(1, 20), image(3, 9)):  # another batch or image size: same weight
+            assert torch.equal(conv(other), unpacked(other))
+        assert conv._packed[2] is packed
+        conv.weight.mul_(-1)  # in place: the same tensor, a new version
+        assert torch.equal(conv(x), unpacked(x)) and conv._packed[2] is not packed
+        conv.weight = conv.weight * 2  # a new tensor, as a cast makes
+        assert torch.equal(conv(x), unpacked(x))
+        want = F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), padding=1)
+        want = F.relu(want) if relu else want
+        tolerance = 1e-4 if dtype == torch.float32 else 0.02
+        torch.testing.assert_close(conv(x).float(), want, atol=tolerance * want.abs().max(), rtol=0)
+    copied = copy.deepcopy(conv)  # the oneDNN tensor stays behind
+    assert copied._packed is None
+    with torch.inference_mode():
+        assert torch.equal(copied(x), conv(x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
