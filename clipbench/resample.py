@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import warnings
 
 import numpy as np
@@ -22,6 +23,7 @@ from clipbench import native
 KERNEL_FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
 # Sizes the load-time check resizes both ways, each pass order among them.
 CHECK_CASES = (((97, 61), (23, 17)), ((40, 300), (31, 50)), ((300, 41), (64, 40)))
+_FIRST_USE = threading.Lock()  # the pixels job's decode threads all start by resizing
 
 
 def _call(lib: ctypes.CDLL, image: Image.Image, size: tuple[int, int], resample: int):
@@ -73,7 +75,10 @@ def resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Im
         and size[1] != image.height
         and min(size) > 0
     )
-    lib = _kernel() if covered else None
+    if not covered:
+        return image.resize(size, resample)
+    with _FIRST_USE:
+        lib = _kernel()
     resized = _call(lib, image, size, resample) if lib is not None else None
     return resized if resized is not None else image.resize(size, resample)
 
