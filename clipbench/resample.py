@@ -4,8 +4,10 @@ Every shared geometry starts with a resize (CLIP: bicubic, shortest side 224; th
 baseline: bilinear to 256), and Pillow's scalar resampling of a 1280² photo costs more than
 decoding it. `resize` hands the image's own storage (Pillow's Arrow export: no copy) to
 ``clipbench/resample.c``; where that kernel cannot be built, fails its check against Pillow
-at load, or the case is not one it covers, Pillow resizes as before. Either way the pixels
-are Pillow's, so stored pixels and geometry keys do not change.
+at load, or the case is not one it covers, Pillow resizes as before: other modes and
+filters, a side left unchanged, and images above 4 megapixels (16 MB), which Pillow stores
+in more than one block, so its export refuses them. Either way the pixels are Pillow's, so
+stored pixels and geometry keys do not change.
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ def test_resize_is_pillows_byte_for_byte(source, size, filter):
     pixels[: source[1] // 2, : source[0] // 3] = 255
     pixels[source[1] // 2 :, source[0] // 3 : source[0] // 2] = 0
     image = Image.fromarray(pixels, "RGB")
-    assert resample._kernel() is not None
+    lib = resample._kernel()
+    assert lib is not None
+    assert resample._call(lib, image, size, filter) is not None  # the kernel itself ran
     ours = resample.resize(image, size, filter)
     assert ours.mode == "RGB" and ours.size == size
     assert ours.tobytes() == image.resize(size, filter).tobytes()
@@ -72,16 +74,17 @@ def test_random_sizes_match_pillow():
 
 
 @pytest.mark.parametrize(
-    ("mode", "filter", "size"),
+    ("mode", "filter", "size", "source"),
     [
-        ("L", Image.Resampling.BICUBIC, (20, 30)),  # not RGB
-        ("RGB", Image.Resampling.LANCZOS, (20, 30)),  # a filter the kernel leaves to Pillow
-        ("RGB", Image.Resampling.BICUBIC, (64, 30)),  # one side unchanged
-        ("RGB", Image.Resampling.BICUBIC, (64, 48)),  # no change at all
+        ("L", Image.Resampling.BICUBIC, (20, 30), (64, 48)),  # not RGB
+        ("RGB", Image.Resampling.LANCZOS, (20, 30), (64, 48)),  # a filter left to Pillow
+        ("RGB", Image.Resampling.BICUBIC, (64, 30), (64, 48)),  # one side unchanged
+        ("RGB", Image.Resampling.BICUBIC, (64, 48), (64, 48)),  # no change at all
+        ("RGB", Image.Resampling.BICUBIC, (30, 20), (2049, 2048)),  # in two blocks
     ],
 )
-def test_cases_the_kernel_does_not_cover_are_pillows(mode, filter, size):
-    image = random_image(np.random.default_rng(3), 64, 48, mode)
+def test_cases_the_kernel_does_not_cover_are_pillows(mode, filter, size, source):
+    image = random_image(np.random.default_rng(3), *source, mode)
     ours = resample.resize(image, size, filter)
     assert ours.mode == mode and ours.tobytes() == image.resize(size, filter).tobytes()
 
