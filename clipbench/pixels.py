@@ -35,6 +35,18 @@ def geometric_pixels(encoder: Encoder, blob: bytes, row_id: int) -> np.ndarray:
     return np.asarray(image)
 
 
+def first_image_agrees(encoder: Encoder, stored: StoredPixels, blob: bytes, row_id: int) -> bool:
+    """Whether the first stored image, finished, is the model's library's own preprocessing
+    of the decoded bytes, bit for bit: one image (~20 ms) checks all the pixels job did (its
+    described steps, the resize kernel) against the library, as each encode job starts."""
+    reference = getattr(encoder, "library_preprocess", None)
+    if reference is None:
+        return True
+    import torch
+
+    return torch.equal(encoder.finish(stored.image(0)), reference(decode_image(blob, row_id)))
+
+
 def write_pixels(
     encoder: Encoder,
     dataset_path: str,

@@ -23,6 +23,8 @@ from PIL import Image
 from clipbench import native
 
 KERNEL_FILTERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
+# torchvision's interpolation modes (their .value) that a described geometry may name.
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 # Sizes the load-time check resizes both ways, each pass order among them.
 CHECK_CASES = (((97, 61), (23, 17)), ((40, 300), (31, 50)), ((300, 41), (64, 40)))
 _FIRST_USE = threading.Lock()  # the pixels job's decode threads all start by resizing
@@ -120,3 +122,68 @@ class GeometricSteps:
 
     def __repr__(self) -> str:
         return f"GeometricSteps({self.steps!r})"
+
+    def describe(self) -> list[dict] | None:
+        """The steps as data that :class:`DescribedSteps` runs without torchvision, or None
+        where a step is not a plain ``Resize`` (bilinear/bicubic) or ``CenterCrop``."""
+        from torchvision import transforms
+
+        described: list[dict] = []
+        for step in self.steps:
+            if type(step) is transforms.Resize and step.interpolation.value in INTERPOLATIONS:
+                size = [step.size] if isinstance(step.size, int) else list(step.size)
+                interpolation, max_size = step.interpolation.value, step.max_size
+                resize = {"size": size, "interpolation": interpolation, "max_size": max_size}
+                described.append({"resize": resize})
+            elif type(step) is transforms.CenterCrop:
+                described.append({"center_crop": list(step.size)})
+            else:
+                return None
+        return described
+
+
+def resized_size(height: int, width: int, size: list[int], max_size: int | None):
+    """(height, width) after torchvision's ``Resize(size, max_size=max_size)``: both given,
+    or the shorter side to ``size[0]`` and the longer in proportion, truncated (its
+    ``_compute_resized_output_size``)."""
+    if len(size) == 2:
+        return size[0], size[1]
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size[0], int(size[0] * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def center_crop(image: Image.Image, size: list[int]) -> Image.Image:
+    """torchvision's ``center_crop`` of a PIL image (offsets rounded as it rounds them)."""
+    height, width = (size[0], size[0]) if len(size) == 1 else size
+    if height > image.height or width > image.width:  # torchvision pads first: its own code
+        from torchvision.transforms import functional as F
+
+        return F.center_crop(image, [height, width])
+    top = int(round((image.height - height) / 2.0))
+    left = int(round((image.width - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+class DescribedSteps:
+    """The resize/crop steps :meth:`GeometricSteps.describe` wrote down, run on PIL images
+    without importing torch or torchvision: the same images, bit for bit."""
+
+    def __init__(self, described: list[dict]):
+        self.described = described
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        for step in self.described:
+            if "resize" in step:
+                r = step["resize"]
+                height, width = resized_size(image.height, image.width, r["size"], r["max_size"])
+                if (height, width) != (image.height, image.width):
+                    image = resize(image, (width, height), INTERPOLATIONS[r["interpolation"]])
+            else:
+                image = center_crop(image, step["center_crop"])
+        return image
+
+    def __repr__(self) -> str:
+        return f"DescribedSteps({self.described!r})"

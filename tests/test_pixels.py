@@ -1,10 +1,12 @@
 """Images decoded once per dataset and shared: the shared path equals each model's own."""
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clipbench.arrow_io import read_metadata, write_table
 from clipbench.demo import demo_rows
@@ -162,3 +164,79 @@ def test_bf16_without_native_kernels_warns_that_it_is_emulated(
     spec = parse_model(open_clip_spec(checkpoints, "tiny-rn"))
     Session.open(spec, bf16, str(path), str(captions), 1, None, "tiny-rn")
     assert ("emulated" in caplog.text) == (native is None)
+
+
+@pytest.mark.parametrize("which", ["tiny-rn", "bert_resnet"])
+def test_a_geometry_written_down_once_gives_the_same_pixels_without_torch(
+    checkpoints, dataset, which, tmp_path, monkeypatch
+):
+    import json
+    import subprocess
+    import sys
+
+    from clipbench import geometries
+    from clipbench.resample import DescribedSteps
+
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path / "cache"))
+    spec = spec_for(checkpoints, which)
+    entry = {k: v for k, v in spec.items() if k not in ("checkpoint", "image_checkpoint")}
+    if which == "bert_resnet":
+        entry["image_checkpoint"] = "never read"
+    built = geometry_of(entry)  # builds, and writes it down
+    assert geometries.cache_path(parse_model(entry)).is_file()
+    read = geometry_of(entry)
+    assert isinstance(read.resize_crop, DescribedSteps)
+    assert not isinstance(built.resize_crop, DescribedSteps)
+    assert read.geometry_key == built.geometry_key == load_encoder(spec, CPU).geometry_key
+    for i, blob in enumerate(dataset[2]):
+        image = decode_image(blob, i)
+        assert read.geometry(image).tobytes() == built.geometry(image).tobytes()
+    # A fresh process reads it without importing torch, torchvision or open_clip.
+    script = (
+        "import json, sys; from clipbench.kinds import geometry_of; "
+        f"g = geometry_of(json.loads({json.dumps(json.dumps(entry))})); "
+        "print(json.dumps([g.geometry_key, sorted(m for m in ('torch', 'torchvision', "
+        "'open_clip') if m in sys.modules)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[-1]
+    assert json.loads(out) == [built.geometry_key, []]
+
+
+def test_a_written_down_geometry_follows_its_config_file(checkpoints, tmp_path, monkeypatch):
+    from clipbench import geometries
+
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path / "cache"))
+    spec = open_clip_spec(checkpoints, "tiny-rn")
+    config = tmp_path / f"{spec['arch']}.json"
+    config.write_bytes(Path(spec["model_config"]).read_bytes())
+    entry = {k: v for k, v in spec.items() if k != "checkpoint"} | {"model_config": str(config)}
+    first = geometries.cache_path(parse_model(entry))
+    config.write_text(config.read_text().replace('"image_size": 64', '"image_size": 72'))
+    assert geometries.cache_path(parse_model(entry)) != first
+    assert "size=72" in geometry_of(entry).geometry_key
+
+
+def test_pixels_that_differ_from_the_models_own_preprocessing_are_not_used(
+    checkpoints, dataset, tmp_path, caplog
+):
+    from clipbench.encoders import Geometry
+
+    path, captions, _ = dataset
+    spec = parse_model(open_clip_spec(checkpoints, "tiny-rn"))
+    right = geometry_of(spec.geometry_entry())
+    inverted = Geometry(
+        lambda image: ImageOps.invert(right.geometry(image)),
+        right.geometry_key,  # the right key, the wrong pixels
+    )
+    write_pixels(inverted, str(path), str(tmp_path / "px.arrow"), workers=1)
+    session = Session.open(
+        spec, SETTINGS, str(path), str(captions), 1, None, "tiny-rn", str(tmp_path / "px.arrow")
+    )
+    assert session.stored is None and "differ from the model's own preprocessing" in caplog.text
+    write_pixels(right, str(path), str(tmp_path / "good.arrow"), workers=1)
+    session = Session.open(
+        spec, SETTINGS, str(path), str(captions), 1, None, "tiny-rn", str(tmp_path / "good.arrow")
+    )
+    assert session.stored is not None

@@ -138,3 +138,37 @@ def test_geometric_steps_equal_torchvisions_compose(source):
         resample.GeometricSteps(bilinear)(image).tobytes()
         == transforms.Compose(bilinear)(image).tobytes()
     )
+
+
+DESCRIBABLE = [
+    lambda t: [t.Resize(224, interpolation=t.InterpolationMode.BICUBIC), t.CenterCrop(224)],
+    lambda t: [t.Resize([256]), t.CenterCrop([224])],  # the ResNet baseline's, bilinear
+    lambda t: [t.Resize((50, 90)), t.CenterCrop((40, 81))],
+    lambda t: [t.Resize(60, max_size=100), t.CenterCrop(64)],  # max_size; a crop that pads
+    lambda t: [t.CenterCrop(33), t.Resize(31, interpolation=t.InterpolationMode.BICUBIC)],
+]
+
+
+@pytest.mark.parametrize("steps", DESCRIBABLE)
+@pytest.mark.parametrize("source", [(1280, 1280), (640, 427), (427, 640), (225, 224), (37, 300)])
+def test_described_steps_are_torchvisions_bit_for_bit(steps, source):
+    import json
+
+    from torchvision import transforms
+
+    made = steps(transforms)
+    described = resample.GeometricSteps(made).describe()
+    assert described is not None
+    replayed = resample.DescribedSteps(json.loads(json.dumps(described)))  # as cached
+    image = random_image(np.random.default_rng(sum(source)), *source)
+    want = transforms.Compose(made)(image)
+    got = replayed(image)
+    assert got.size == want.size and got.tobytes() == want.tobytes()
+
+
+def test_steps_torchvision_alone_knows_are_not_described():
+    from torchvision import transforms
+
+    nearest = transforms.Resize(10, interpolation=transforms.InterpolationMode.NEAREST)
+    for steps in ([nearest], [transforms.CenterCrop(8), transforms.Pad(2)]):
+        assert resample.GeometricSteps(steps).describe() is None

@@ -60,5 +60,8 @@ def load_encoder(
 
 
 def geometry_of(spec: ModelSpec | Mapping[str, Any]) -> Geometry:
-    """The model's resize/crop without its weights (the `pixels` job)."""
-    return parse_model(spec).geometry()
+    """The model's resize/crop without its weights (the `pixels` job), written down in the
+    cache folder once per library version (clipbench.geometries)."""
+    from clipbench.geometries import cached_geometry
+
+    return cached_geometry(parse_model(spec))

@@ -23,7 +23,6 @@ from clipbench.schema import frozen
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from clipbench.settings import RetrySettings
 
@@ -77,7 +76,7 @@ class BertResnetSpec(ModelSpec):
 
     def geometry(self) -> Geometry:
         transform = imagenet_transform(self)
-        return Geometry(lambda image: imagenet_geometry(transform, image), geometry_key(transform))
+        return Geometry(imagenet_steps(transform), geometry_key(transform))
 
     @property
     def fitted_head(self) -> RidgeSpec | None:
@@ -157,6 +156,7 @@ class BertResnetEncoder(Encoder):
                 with initialization_skipped():  # torchvision loads the weights strictly
                     self.image_model = torchvision.models.get_model(arch, weights=weights)
             self.transform = imagenet_transform(spec)
+            self._steps = imagenet_steps(self.transform)
         except InputError:
             raise
         except (ValueError, KeyError) as exc:
@@ -191,7 +191,7 @@ class BertResnetEncoder(Encoder):
 
     # ImageClassification.forward, split: resize and crop on the PIL image, then to tensor.
     def geometry(self, image):
-        return imagenet_geometry(self.transform, image)
+        return self._steps(image)
 
     def finish(self, image):
         import torch
@@ -251,14 +251,16 @@ def torchvision_weights(spec: BertResnetSpec):
     return enum[name]
 
 
-def imagenet_geometry(transform, image: Image.Image) -> Image.Image:
-    from torchvision.transforms import functional as F
+def imagenet_steps(transform):
+    """``ImageClassification``'s resize and crop on a PIL image (Pillow always antialiases),
+    as steps that :mod:`clipbench.resample` runs and can describe."""
+    from torchvision import transforms
 
-    from clipbench.resample import torchvision_resize
+    from clipbench.resample import GeometricSteps
 
-    t = transform  # antialias: Pillow always antialiases
-    image = torchvision_resize(image, t.resize_size, t.interpolation)
-    return F.center_crop(image, t.crop_size)
+    t = transform
+    resize = transforms.Resize(t.resize_size, interpolation=t.interpolation)
+    return GeometricSteps([resize, transforms.CenterCrop(t.crop_size)])
 
 
 def geometry_key(transform) -> str:

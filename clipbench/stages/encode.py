@@ -30,7 +30,7 @@ from clipbench.encoders import Encoder
 from clipbench.kinds import load_encoder
 from clipbench.kinds.base import ModelSpec
 from clipbench.logs import Progress
-from clipbench.pixels import StoredPixels
+from clipbench.pixels import StoredPixels, first_image_agrees
 from clipbench.precision import (
     Precision,
     deviation_from,
@@ -123,6 +123,19 @@ class Session:
                 model_name,
                 stored.geometry_key,
                 encoder.geometry_key,
+            )
+            stored = None
+        first = images.slice(0, 1).to_pylist()[0] if images.num_rows else None
+        if (
+            stored is not None
+            and first
+            and not first_image_agrees(encoder, stored, first["image"], first["id"])
+        ):
+            log.warning(
+                "%s: the shared pixels of row %s differ from the model's own preprocessing: "
+                "decoding itself",
+                model_name,
+                first["id"],
             )
             stored = None
         image_batch, text_batch = batch_sizes(
