@@ -89,15 +89,15 @@ static inline uint8_t clip8(int32_t sum) {
     return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
-/* rows x in_w pixels of 4 bytes (row stride in_stride bytes) -> rows x out_w pixels of
- * out_px bytes (3 or 4; a 4th byte is written 0). Sixteen rows at a time: their pixels
+/* rows x in_w pixels of 4 bytes (row stride in_stride bytes) -> rows x out_w packed RGB
+ * pixels. Sixteen rows at a time: their pixels
  * transposed so that one input column of all sixteen is one vector, which every tap
  * multiplies by its coefficient. */
 static int horizontal(const uint8_t *in, int64_t in_stride, int in_w, int rows, uint8_t *out,
-                      int out_w, int out_px, const int *bounds, const int32_t *k, int ksize) {
+                      int out_w, const int *bounds, const int32_t *k, int ksize) {
     uint32_t *columns = malloc(sizeof(uint32_t) * ROWS * (size_t)in_w);
     if (!columns) return 0;
-    int64_t out_stride = (int64_t)out_w * out_px;
+    int64_t out_stride = (int64_t)out_w * 3;
     for (int r0 = 0; r0 < rows; r0 += ROWS) {
         int n = rows - r0 < ROWS ? rows - r0 : ROWS;
         const uint8_t *lines[ROWS];
@@ -121,9 +121,8 @@ static int horizontal(const uint8_t *in, int64_t in_stride, int in_w, int rows, 
                 }
             }
             for (int r = 0; r < n; r++) {
-                uint8_t *o = out + (r0 + r) * out_stride + (int64_t)xx * out_px;
+                uint8_t *o = out + (r0 + r) * out_stride + (int64_t)xx * 3;
                 o[0] = clip8(red[r]), o[1] = clip8(green[r]), o[2] = clip8(blue[r]);
-                if (out_px == 4) o[3] = 0;
             }
         }
     }
@@ -131,11 +130,10 @@ static int horizontal(const uint8_t *in, int64_t in_stride, int in_w, int rows, 
     return 1;
 }
 
-/* out_h rows of `lanes` bytes from the input's rows (stride in_stride): each output byte the
- * weighted sum of the bytes above one another, the same lane of every row in its window. */
-static int vertical(const uint8_t *in, int64_t in_stride, int64_t lanes, uint8_t *out,
-                    int64_t out_stride, int out_h, const int *bounds, const int32_t *k,
-                    int ksize) {
+/* out_h rows of `lanes` bytes from the input's rows of as many: each output byte the weighted
+ * sum of the bytes above one another, the same lane of every row in its window. */
+static int vertical(const uint8_t *in, int64_t lanes, uint8_t *out, int out_h, const int *bounds,
+                    const int32_t *k, int ksize) {
     int32_t *sums = malloc(sizeof(int32_t) * (size_t)lanes);
     if (!sums) return 0;
     for (int yy = 0; yy < out_h; yy++) {
@@ -143,11 +141,11 @@ static int vertical(const uint8_t *in, int64_t in_stride, int64_t lanes, uint8_t
         const int32_t *ky = k + (int64_t)yy * ksize;
         for (int64_t j = 0; j < lanes; j++) sums[j] = 1 << (PRECISION_BITS - 1);
         for (int y = 0; y < taps; y++) {
-            const uint8_t *line = in + (int64_t)(ymin + y) * in_stride;
+            const uint8_t *line = in + (int64_t)(ymin + y) * lanes;
             int32_t c = ky[y];
             for (int64_t j = 0; j < lanes; j++) sums[j] += (int32_t)line[j] * c;
         }
-        uint8_t *o = out + (int64_t)yy * out_stride;
+        uint8_t *o = out + (int64_t)yy * lanes;
         for (int64_t j = 0; j < lanes; j++) o[j] = clip8(sums[j]);
     }
     free(sums);
@@ -171,10 +169,9 @@ int resize_rgbx(const uint8_t *in, int64_t in_w, int64_t in_h, uint8_t *out, int
      * as the width; horizontal first over just the rows the vertical pass reads. */
     if (in_h - out_h > 0 && in_h - out_h > (in_w - out_w) * 2) {
         between = malloc((size_t)out_h * in_w * 4);
-        done = between && vertical(in, 4 * in_w, 4 * in_w, between, 4 * in_w, (int)out_h,
-                                   bounds_v, k_v, ksize_v) &&
-               horizontal(between, 4 * in_w, (int)in_w, (int)out_h, out, (int)out_w, 3,
-                          bounds_h, k_h, ksize_h);
+        done = between && vertical(in, 4 * in_w, between, (int)out_h, bounds_v, k_v, ksize_v) &&
+               horizontal(between, 4 * in_w, (int)in_w, (int)out_h, out, (int)out_w, bounds_h,
+                          k_h, ksize_h);
     } else {
         int first = bounds_v[0];
         int last = bounds_v[2 * out_h - 2] + bounds_v[2 * out_h - 1];
@@ -182,9 +179,8 @@ int resize_rgbx(const uint8_t *in, int64_t in_w, int64_t in_h, uint8_t *out, int
         between = malloc((size_t)(last - first) * out_w * 3);
         done = between &&
                horizontal(in + (int64_t)first * 4 * in_w, 4 * in_w, (int)in_w, last - first,
-                          between, (int)out_w, 3, bounds_h, k_h, ksize_h) &&
-               vertical(between, 3 * out_w, 3 * out_w, out, 3 * out_w, (int)out_h, bounds_v,
-                        k_v, ksize_v);
+                          between, (int)out_w, bounds_h, k_h, ksize_h) &&
+               vertical(between, 3 * out_w, out, (int)out_h, bounds_v, k_v, ksize_v);
     }
 end:
     free(bounds_h), free(bounds_v), free(k_h), free(k_v), free(between);

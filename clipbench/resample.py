@@ -87,37 +87,21 @@ def resize(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Im
     return resized if resized is not None else image.resize(size, resample)
 
 
-def torchvision_resize(image: Image.Image, size, interpolation, max_size=None) -> Image.Image:
-    """``torchvision.transforms.functional.resize`` of a PIL image: its own output size and
-    mapping of interpolation modes, resampled by :func:`resize`."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
-
-    output_size = getattr(F, "_compute_resized_output_size", None)  # private: may move
-    if output_size is None or not isinstance(interpolation, InterpolationMode):
-        return F.resize(image, size, interpolation, max_size)
-    sizes = [size] if isinstance(size, int) else list(size)
-    height, width = output_size((image.height, image.width), sizes, max_size)
-    if (height, width) == (image.height, image.width):
-        return image
-    return resize(image, (width, height), F.pil_modes_mapping[interpolation])
-
-
 class GeometricSteps:
-    """A torchvision ``Compose`` of resize/crop steps on PIL images, its ``Resize`` steps
-    through :func:`torchvision_resize` (the others, e.g. crops, as they are)."""
+    """A torchvision ``Compose`` of resize/crop steps on PIL images. Where they can be
+    described (:meth:`describe`) they run as :class:`DescribedSteps`, resizing through
+    :func:`resize`; otherwise as torchvision runs them."""
 
     def __init__(self, steps):
         self.steps = list(steps)
+        described = self.describe()
+        self._run = DescribedSteps(described) if described is not None else None
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        from torchvision import transforms
-
+        if self._run is not None:
+            return self._run(image)
         for step in self.steps:
-            if isinstance(step, transforms.Resize) and isinstance(image, Image.Image):
-                image = torchvision_resize(image, step.size, step.interpolation, step.max_size)
-            else:
-                image = step(image)
+            image = step(image)
         return image
 
     def __repr__(self) -> str:
