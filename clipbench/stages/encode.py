@@ -125,12 +125,10 @@ class Session:
                 encoder.geometry_key,
             )
             stored = None
-        first = images.slice(0, 1).to_pylist()[0] if images.num_rows else None
-        if (
-            stored is not None
-            and first
-            and not first_image_agrees(encoder, stored, first["image"], first["id"])
-        ):
+        first = (
+            images.slice(0, 1).to_pylist()[0] if stored is not None and images.num_rows else None
+        )
+        if first and not first_image_agrees(encoder, stored, first["image"], first["id"]):
             log.warning(
                 "%s: the shared pixels of row %s differ from the model's own preprocessing: "
                 "decoding itself",
