@@ -6,8 +6,9 @@
  * same soname): torch's own threads run the kernel, instead of Python threads competing with
  * them while they spin after a GEMM.
  *
- * With AMX-BF16 (-march=native on a CPU that has it): amx_supported() asks Linux for the
- * tile state, and the helpers the bf16 tile kernels share. A source defines _GNU_SOURCE
+ * With AVX512-BF16 (-march=native on a CPU that has it): the bf16 kernels' exp2, rounding
+ * and widening. With AMX-BF16 as well: amx_supported() asks Linux for the tile state, and the
+ * tile helpers; elsewhere amx_supported() is 0. A source defines _GNU_SOURCE
  * before its first #include (for syscall()). */
 #ifndef CLIPBENCH_NATIVE_H
 #define CLIPBENCH_NATIVE_H
@@ -25,6 +26,40 @@ int built_with_openmp(void) {
     return 0;
 #endif
 }
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+/* AVX512-BF16 (AMX implies it): what the bf16 kernels share beyond the tiles. */
+#define CLIPBENCH_AVX512_BF16 1
+#include <immintrin.h>
+
+/* 2^x for x <= 0: 2^n 2^f with n = round(x), |f| <= 1/2 and the degree-5 Taylor polynomial
+ * (relative error ~2e-6, far below bf16's 4e-3). Below 2^-126 the result is 0, not a
+ * subnormal: the CPU computes on subnormals through slow microcode, and a ViT-B-32 attention
+ * layer whose scores spread widely took 4.1 ms instead of 1.9. */
+static inline __m512 exp2_nonpositive(__m512 x) {
+    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(normal, p, n);
+}
+
+/* 16 floats rounded to bf16 (nearest even), and 16 bf16 widened exactly. */
+static inline void store_bf16(uint16_t *to, __m512 values) {
+    _mm256_storeu_si256((__m256i *)to, (__m256i)_mm512_cvtneps_pbh(values));
+}
+
+static inline __m512 load_bf16(const uint16_t *from) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)from));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+#endif
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 #define CLIPBENCH_AMX 1
@@ -96,33 +131,6 @@ static inline void multiply_step(const void *upper, const void *lower, int64_t l
     _tile_loadd(7, right_columns, right_stride);
     _tile_dpbf16ps(1, 4, 7);
     _tile_dpbf16ps(3, 5, 7);
-}
-
-/* 2^x for x <= 0: 2^n 2^f with n = round(x), |f| <= 1/2 and the degree-5 Taylor polynomial
- * (relative error ~2e-6, far below bf16's 4e-3). Below 2^-126 the result is 0, not a
- * subnormal: the CPU computes on subnormals through slow microcode, and a ViT-B-32 attention
- * layer whose scores spread widely took 4.1 ms instead of 1.9. */
-static inline __m512 exp2_nonpositive(__m512 x) {
-    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_GE_OQ);
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.3333558e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_scalef_ps(normal, p, n);
-}
-
-/* 16 floats rounded to bf16 (nearest even), and 16 bf16 widened exactly. */
-static inline void store_bf16(uint16_t *to, __m512 values) {
-    _mm256_storeu_si256((__m256i *)to, (__m256i)_mm512_cvtneps_pbh(values));
-}
-
-static inline __m512 load_bf16(const uint16_t *from) {
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)from));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
 #else

@@ -90,12 +90,13 @@ def flash_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
     return attended.transpose(1, 2).reshape(batch, length, triple // 3)
 
 
-needs_amx = pytest.mark.skipif(
-    attention_library() is None, reason="no AMX-BF16 CPU (or no C compiler): torch's kernel runs"
+needs_attention_kernel = pytest.mark.skipif(
+    attention_library() is None,
+    reason="no AVX512-BF16 CPU (or no C compiler): torch's kernel runs",
 )
 
 
-@needs_amx
+@needs_attention_kernel
 @pytest.mark.parametrize(
     "batch,length,heads,dim",
     [
@@ -109,7 +110,7 @@ needs_amx = pytest.mark.skipif(
         (2, 7, 4, 160),
     ],
 )
-def test_amx_attention_is_as_close_to_exact_as_torchs_flash_kernel(batch, length, heads, dim):
+def test_bf16_attention_is_as_close_to_exact_as_torchs_flash_kernel(batch, length, heads, dim):
     torch.manual_seed(length + dim)
     qkv = (torch.randn(batch, length, 3 * heads * dim) * 2).bfloat16()
     exact = reference_attention(qkv, heads)
@@ -124,8 +125,8 @@ def test_amx_attention_is_as_close_to_exact_as_torchs_flash_kernel(batch, length
     assert float(error.mean()) <= 1.1 * float(flash_error.mean()) + 1e-6
 
 
-@needs_amx
-def test_amx_attention_with_scores_spread_past_floats_normal_range():
+@needs_attention_kernel
+def test_bf16_attention_with_scores_spread_past_floats_normal_range():
     """Scores hundreds apart: most probabilities underflow (the kernel makes them 0 rather than
     subnormal); the result is still softmax attention to bf16 rounding."""
     torch.manual_seed(3)
@@ -137,8 +138,8 @@ def test_amx_attention_with_scores_spread_past_floats_normal_range():
     assert float(error.mean()) <= 1.1 * float(flash_error.mean()) + 1e-6
 
 
-@needs_amx
-def test_amx_attention_gives_the_same_bits_however_its_units_are_split():
+@needs_attention_kernel
+def test_bf16_attention_gives_the_same_bits_however_its_units_are_split():
     from clipbench import native
 
     lib = attention_library()
