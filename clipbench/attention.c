@@ -3,11 +3,11 @@
  *
  * The towers' heads are small (ViT-B-32: 50 tokens x 64 dims per head, ViT-B-16: 197 x 64),
  * and torch's flash kernel runs them at 75-225 GFLOP/s on a 2-core AMX Xeon: 18-21% of the
- * towers' time for 1-2% of their FLOPs (on a 2-core Zen 4 EPYC 38-85 GFLOP/s). Here each (image, head) is one unit: its keys and
- * values are packed once into the tiles' pair-interleaved layout, then per block of 32
- * queries the scores Q K^T (fp32 accumulation), their softmax (fp32, unnormalised
- * probabilities rounded to bf16 as flash does) and P V run from L1, and the output rows
- * are divided by the softmax sums.
+ * towers' time for 1-2% of their FLOPs (on a 2-core Zen 4 EPYC at 38-85 GFLOP/s). Here each
+ * (image, head) is one unit: its keys and values are packed once into the tiles'
+ * pair-interleaved layout, then per block of 32 queries the scores Q K^T (fp32
+ * accumulation), their softmax (fp32, unnormalised probabilities rounded to bf16 as flash
+ * does) and P V run from L1, and the output rows are divided by the softmax sums.
  *
  * Input: the qkv projection as (batch, length, 3, heads, dim) bf16, contiguous; output:
  * (batch, length, heads, dim) bf16, the layout the output projection reads. attention()

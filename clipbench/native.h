@@ -61,9 +61,8 @@ static inline __m512 load_bf16(const uint16_t *from) {
 
 #endif
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#if defined(CLIPBENCH_AVX512_BF16) && defined(__AMX_TILE__) && defined(__AMX_BF16__)
 #define CLIPBENCH_AMX 1
-#include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
