@@ -11,11 +11,12 @@ from typing import Any
 # CPUs, 224² images, fused fast paths): CNN towers peak at batch 8 in float32 (RN50 27.7 img/s
 # vs 24.4 at 32) and 16 in bf16 (RN50 130 vs 103 at 32); transformer image towers at a number
 # of tokens per batch, since a larger GEMM falls off a cliff (bf16 6304 × 768 × 3072: 1.6
-# TFLOP/s, at 3152 rows 2.9): ViT-B-16 (197 tokens) at 16 in bf16 (49 img/s vs 34 at 64) and
-# 8–16 in float32, ViT-B-32 (50 tokens) at 64 in bf16 and 16–32 in float32. GPUs want large
-# batches. Text towers: captions are sorted by length and cut to each batch's longest, so large
-# batches cost little padding (CLIP text, 833 captions, bf16: 0.75–0.86 s at 256, 1.24 at 32;
-# float32: 2.55–2.70 at 128, 2.81–2.85 at 32).
+# TFLOP/s, at 3152 rows 2.9; its 38.7 MB output is past glibc's 32 MB mmap threshold, so every
+# call faults in fresh zeroed pages): ViT-B-16 (197 tokens) at 16 in bf16 (49 img/s vs 34 at
+# 64) and 8–16 in float32, ViT-B-32 (50 tokens) at 64 in bf16 and 16–32 in float32. GPUs want
+# large batches. Text towers: captions are sorted by length and cut to each batch's longest,
+# so large batches cost little padding (CLIP text, 833 captions, bf16: 0.75–0.86 s at 256,
+# 1.24 at 32; float32: 2.55–2.70 at 128, 2.81–2.85 at 32).
 CPU_CONV_BATCH = {"bf16": 16, "fp32": 8}
 CPU_TOKENS_PER_BATCH = {"bf16": 3200, "fp32": 1600}
 CUDA_BATCH = 128

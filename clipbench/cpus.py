@@ -8,7 +8,8 @@ CPU affinity, a cgroup CPU quota (containers), and a SLURM allocation.
 
 On a machine without a GPU, the model jobs of a local run also take turns at the CPUs
 (:func:`cpu_compute_slot`): the next one imports and loads its model, single-threaded seconds,
-while this one computes on every usable CPU.
+while this one computes on every usable CPU, and the jobs that compute no model run niced
+(:func:`yield_to_model_jobs`).
 """
 
 from __future__ import annotations
@@ -87,16 +88,35 @@ def compute_threads(requested: int, env: dict[str, str] | None = None) -> int:
 # 300,000 rounds, which take the CPUs from whatever shares them: measured on 2 CPUs, ViT-B-32
 # at bf16 runs 118 img/s alone and 44 beside one busy process; at 10,000 rounds 116 and 73.
 OPENMP_SPIN_ROUNDS = "10000"
+# The niceness of a local run's jobs that compute no model (scores, figures, report, pixels):
+# they then run on what a model job leaves idle instead of stalling its compute threads, which
+# wait for each other. ViT-B-16 at bf16 on 2 CPUs (2-core Zen 4 EPYC) beside a small job
+# started every 2 s: 8.9 img/s alone, 6.5–6.7 beside it at niceness 0, 8.3 at 19.
+LIGHT_JOB_NICENESS = "19"
+LIGHT_JOB_VARIABLE = "CLIPBENCH_LIGHT_JOB_NICENESS"
 
 
-def openmp_waiting(local: bool, env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a run gives its jobs so their OpenMP threads yield the CPUs soon when
-    they wait: on a local run, where model jobs share them with the next one loading and with
-    a model's analysis jobs (the whole default workflow 69.2 → 67.7 s, mean of 4 runs each).
-    A cluster job's CPUs are its own: nothing changes there. A value already set is kept."""
-    if not local or "GOMP_SPINCOUNT" in env:
+def shared_cpu_environment(local: bool, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a run gives its jobs so that they share the CPUs with the model job
+    computing: their OpenMP threads yield soon when they wait (the whole default workflow 69.2
+    → 67.7 s, mean of 4 runs each), and the jobs that compute no model run niced
+    (:func:`yield_to_model_jobs`). Only on a local run: a cluster job's CPUs are its own. A
+    value already set is kept."""
+    if not local:
         return {}
-    return {"GOMP_SPINCOUNT": OPENMP_SPIN_ROUNDS}
+    wanted = {"GOMP_SPINCOUNT": OPENMP_SPIN_ROUNDS, LIGHT_JOB_VARIABLE: LIGHT_JOB_NICENESS}
+    return {name: value for name, value in wanted.items() if name not in env}
+
+
+def yield_to_model_jobs(env: Mapping[str, str] | None = None) -> int:
+    """Lower this job's priority by the run's light-job niceness (set for a local run by
+    :func:`shared_cpu_environment`; none inside a SLURM allocation); the increment made."""
+    env = os.environ if env is None else env
+    increment = _first_int(env.get(LIGHT_JOB_VARIABLE))
+    if not increment or "SLURM_JOB_ID" in env or not hasattr(os, "nice"):
+        return 0
+    os.nice(increment)
+    return increment
 
 
 def cuda_visible(env: dict[str, str] | None = None) -> bool:

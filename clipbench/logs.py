@@ -14,6 +14,7 @@ from typing import IO
 
 from tqdm import tqdm
 
+from clipbench.cpus import yield_to_model_jobs
 from clipbench.errors import InputError
 
 CONSOLE_STEP = 0.1  # a console line at every 10 % of a phase
@@ -78,11 +79,15 @@ def job_name(log_path: str) -> str:
 
 
 @contextlib.contextmanager
-def job_log(path: str) -> Iterator[Progress]:
-    """Everything the job prints goes to ``path``; a user error ends as one clear line.
+def job_log(path: str, model_job: bool = False) -> Iterator[Progress]:
+    """Everything the job prints goes to ``path``; a user error ends as one clear line. A job
+    that computes no model (``model_job``: one that does) yields the CPUs to those that do
+    (:func:`clipbench.cpus.yield_to_model_jobs`).
 
     Yields the job's :class:`Progress` (its log for bars, the terminal for throttled lines).
     """
+    if not model_job:
+        yield_to_model_jobs()
     console = sys.stderr  # before the redirect: where Snakemake shows the job's own output
     with open(path, "w", buffering=1, encoding="utf-8") as stream:
         handler = logging.StreamHandler(stream)

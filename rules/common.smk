@@ -13,12 +13,12 @@ os.environ.update(
 
 sys.path.insert(0, workflow.basedir)
 from clipbench.config_checks import config_problems
-from clipbench.cpus import cuda_visible, openmp_waiting, usable_cpus
+from clipbench.cpus import cuda_visible, shared_cpu_environment, usable_cpus
 from clipbench.settings import Settings
 from clipbench.webdataset import expand_braces
 
-# Local jobs share the CPUs: their OpenMP threads wait briefly (clipbench.cpus.openmp_waiting).
-os.environ.update(openmp_waiting(workflow.local_exec, os.environ))
+# Local jobs share the CPUs with the model job computing (clipbench.cpus.shared_cpu_environment).
+os.environ.update(shared_cpu_environment(workflow.local_exec, os.environ))
 
 # Beyond the schema: a key repeated in a config file (the loader keeps the last one silently)
 # and names equal but for case (they share paths on case-insensitive filesystems).

@@ -5,7 +5,7 @@ from clipbench.logs import job_log
 from clipbench.settings import EncodeSettings, RetrySettings, RobustnessSettings
 from clipbench.stages.robustness import run_robustness
 
-with job_log(snakemake.log[0]) as progress:
+with job_log(snakemake.log[0], model_job=True) as progress:
     run_robustness(
         dataset_path=snakemake.input.dataset,
         captions_path=snakemake.input.captions,

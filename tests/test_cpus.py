@@ -1,6 +1,8 @@
 """A job never runs more compute threads than the CPUs it may use."""
 
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -131,7 +133,42 @@ def test_hidden_gpus_are_not_visible(monkeypatch):
     assert not cpus.cuda_visible({})
 
 
-def test_local_jobs_openmp_threads_wait_briefly():
-    assert cpus.openmp_waiting(True, {}) == {"GOMP_SPINCOUNT": cpus.OPENMP_SPIN_ROUNDS}
-    assert cpus.openmp_waiting(True, {"GOMP_SPINCOUNT": "300000"}) == {}  # the user's wins
-    assert cpus.openmp_waiting(False, {}) == {}  # a cluster job's CPUs are its own
+def test_local_jobs_share_the_cpus_with_the_model_job():
+    wanted = {
+        "GOMP_SPINCOUNT": cpus.OPENMP_SPIN_ROUNDS,
+        cpus.LIGHT_JOB_VARIABLE: cpus.LIGHT_JOB_NICENESS,
+    }
+    assert cpus.shared_cpu_environment(True, {}) == wanted
+    mine = {"GOMP_SPINCOUNT": "300000", cpus.LIGHT_JOB_VARIABLE: "0"}
+    assert cpus.shared_cpu_environment(True, mine) == {}  # the user's win
+    assert cpus.shared_cpu_environment(False, {}) == {}  # a cluster job's CPUs are its own
+
+
+def _niceness_gained(code: str, **variables: str) -> int:
+    """How much niceness a fresh interpreter gains running ``code`` (this test process keeps
+    its own), with ``variables`` in its environment."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in (cpus.LIGHT_JOB_VARIABLE, "SLURM_JOB_ID")
+    }
+    script = f"import os\nbefore = os.nice(0)\n{code}\nprint(os.nice(0) - before)"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no process niceness on this OS")
+def test_jobs_that_compute_no_model_yield_the_cpus(tmp_path):
+    log = tmp_path / "job.log"
+    light = f"from clipbench.logs import job_log\nwith job_log({str(log)!r}): pass"
+    model = f"from clipbench.logs import job_log\nwith job_log({str(log)!r}, model_job=True): pass"
+    local = {cpus.LIGHT_JOB_VARIABLE: "7"}
+    assert _niceness_gained(light, **local) == 7
+    assert _niceness_gained(model, **local) == 0  # the model job keeps its priority
+    assert _niceness_gained(light) == 0  # outside a local run (tests, a user's script)
+    assert _niceness_gained(light, **local, SLURM_JOB_ID="42") == 0  # its own CPUs
+    assert _niceness_gained(light, **{cpus.LIGHT_JOB_VARIABLE: "0"}) == 0  # turned off
