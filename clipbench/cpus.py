@@ -57,9 +57,14 @@ def _first_int(value: str | None) -> int | None:
     return int(found[1]) if found else None
 
 
+def _in_slurm_allocation(env: Mapping[str, str]) -> bool:
+    """Whether this process runs inside a SLURM allocation, whose CPUs are its own."""
+    return "SLURM_JOB_ID" in env
+
+
 def _slurm_cpus(env: dict[str, str]) -> int | None:
     """The CPUs of a SLURM allocation on this node: per task, per GPU × GPUs, or per node."""
-    if "SLURM_JOB_ID" not in env:
+    if not _in_slurm_allocation(env):
         return None
     per_task = _first_int(env.get("SLURM_CPUS_PER_TASK"))
     if per_task:
@@ -113,7 +118,7 @@ def yield_to_model_jobs(env: Mapping[str, str] | None = None) -> int:
     :func:`shared_cpu_environment`; none inside a SLURM allocation); the increment made."""
     env = os.environ if env is None else env
     increment = _first_int(env.get(LIGHT_JOB_VARIABLE))
-    if not increment or "SLURM_JOB_ID" in env or not hasattr(os, "nice"):
+    if not increment or _in_slurm_allocation(env) or not hasattr(os, "nice"):
         return 0
     os.nice(increment)
     return increment
@@ -143,7 +148,7 @@ def cpu_compute_slot(
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
         fcntl = None
-    if device_type != "cpu" or "SLURM_JOB_ID" in env or fcntl is None:
+    if device_type != "cpu" or _in_slurm_allocation(env) or fcntl is None:
         yield
         return
     path = lock or Path(tempfile.gettempdir()) / f"clipbench-cpu-compute-{os.getuid()}.lock"
