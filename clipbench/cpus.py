@@ -19,14 +19,29 @@ import glob
 import logging
 import math
 import os
+import platform
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
 log = logging.getLogger("clipbench")
+# Whether this thread holds cpu_compute_slot: a nested entry must not wait for itself.
+_slot = threading.local()
+
+
+def cpu_identity() -> str:
+    """The CPU's model and feature flags: what -march=native compiles for, and what a choice
+    measured once per machine is kept under."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
 
 
 def _affinity() -> int:
@@ -148,7 +163,12 @@ def cpu_compute_slot(
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
         fcntl = None
-    if device_type != "cpu" or _in_slurm_allocation(env) or fcntl is None:
+    if (
+        device_type != "cpu"
+        or _in_slurm_allocation(env)
+        or fcntl is None
+        or getattr(_slot, "held", False)
+    ):
         yield
         return
     path = lock or Path(tempfile.gettempdir()) / f"clipbench-cpu-compute-{os.getuid()}.lock"
@@ -160,7 +180,9 @@ def cpu_compute_slot(
             log.info("waiting for the CPUs: another model job is computing (%s)", path)
             fcntl.flock(handle, fcntl.LOCK_EX)
             log.info("CPUs free after %.1f s", time.perf_counter() - start)
+        _slot.held = True
         try:
             yield
         finally:  # also released by the kernel if the job dies
+            _slot.held = False
             fcntl.flock(handle, fcntl.LOCK_UN)

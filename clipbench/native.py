@@ -21,20 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from clipbench.cache import cache_dir
+from clipbench.cpus import cpu_identity
 
 HERE = Path(__file__).parent
 # The flags every kernel that splits its work is built with (see run_split): torch's OpenMP.
 OPENMP_FLAGS = ("-fopenmp",)
-
-
-def _cpu_identity() -> str:
-    """The CPU's model and feature flags: what -march=native compiles for."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
 
 
 def _arch_flags() -> list[str]:
@@ -90,7 +81,7 @@ def load(name: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL | None:
         # The headers the sources include (native.h) are part of what is built.
         sources = [source.read_text(), *(h.read_text() for h in sorted(HERE.glob("*.h")))]
         key = hashlib.sha256(
-            "\0".join([*sources, compiler, version, _cpu_identity(), *extra]).encode()
+            "\0".join([*sources, compiler, version, cpu_identity(), *extra]).encode()
         ).hexdigest()[:16]
         target = cache_dir() / "native" / f"{name}-{key}.so"
         if not target.is_file():

@@ -4,9 +4,9 @@ Every setting means the same accuracy on every machine, decided by what the hard
 by its name:
 
 - ``fp32-strict``: float32 kernels, nothing reduced.
-- ``fp32``: float32 results at float32-level error. A faster float32 matmul mode (oneDNN's
-  ``"medium"``, CUDA's TF32) is used only where a probe GEMM measured on this device stays at
-  float32-level error; on AMX CPUs ``"medium"`` computes in bf16 (2e-3 relative error) and is
+- ``fp32``: float32 results at float32-level error. Another float32 matmul mode (oneDNN's
+  ``"medium"``, CUDA's TF32) runs only where it measures float32-level error and faster on
+  this device (:mod:`clipbench.fp32_modes`); on AMX CPUs ``"medium"`` computes in bf16 and is
   refused, on CUDA TF32 is.
 - ``bf16`` / ``fp16``: reduced precision, deviation from strict float32 measured per run.
   On CPU the weights are cast (measured: autocast re-casts per op and ran ViTs slower than
@@ -20,7 +20,6 @@ by its name:
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,11 +27,9 @@ import numpy as np
 import torch
 
 from clipbench.errors import InputError
+from clipbench.fp32_modes import fp32_matmul_level, matmul_precision
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Relative GEMM error (max |error| / max |exact|) a float32 mode may reach and still count as
-# float32: strict float32 measures 3e-7–6e-7 at K = 768, bf16 inside a matmul 2e-3.
-FP32_LEVEL_ERROR = 1e-5
 # Bounds on the largest elementwise difference of L2-normalised embeddings between two
 # computations at a precision (batched vs one at a time, fast path vs reference): what the
 # tests hold each precision to.
@@ -61,48 +58,6 @@ def native_reduced(device: torch.device) -> str | None:
     ):
         return "bf16"
     return None
-
-
-@contextlib.contextmanager
-def matmul_precision(level: str) -> Iterator[None]:
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(level)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def fp32_error(device: torch.device, level: str) -> float:
-    """Largest relative error against float64 of the float32 kernels a tower uses (linear,
-    batched matmul, convolution) under a float32 matmul precision ``level``."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(256, 768, dtype=torch.float64, generator=generator)
-    w = torch.randn(768, 768, dtype=torch.float64, generator=generator)
-    x = torch.randn(2, 64, 16, 16, dtype=torch.float64, generator=generator)
-    k = torch.randn(64, 64, 3, 3, dtype=torch.float64, generator=generator)
-    ops = [
-        lambda a, w, x, k: torch.nn.functional.linear(a, w),
-        lambda a, w, x, k: torch.bmm(a[None], w[None])[0],
-        lambda a, w, x, k: torch.nn.functional.conv2d(x, k, padding=1),
-    ]
-    worst = 0.0
-    with matmul_precision(level), torch.inference_mode():
-        for op in ops:
-            exact = op(a, w, x, k)
-            args = (t.to(device, torch.float32) for t in (a, w, x, k))
-            approx = op(*args).double().cpu()
-            worst = max(worst, float((approx - exact).abs().max() / exact.abs().max()))
-    return worst
-
-
-@functools.cache
-def fp32_matmul_level(device: torch.device) -> str:
-    """The fastest float32 matmul precision whose probe stays at float32-level error here."""
-    for level in ("medium", "high"):
-        if fp32_error(device, level) <= FP32_LEVEL_ERROR:
-            return level
-    return "highest"
 
 
 @dataclass(frozen=True)

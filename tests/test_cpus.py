@@ -172,3 +172,22 @@ def test_jobs_that_compute_no_model_yield_the_cpus(tmp_path):
     assert _niceness_gained(light) == 0  # outside a local run (tests, a user's script)
     assert _niceness_gained(light, **local, SLURM_JOB_ID="42") == 0  # its own CPUs
     assert _niceness_gained(light, **{cpus.LIGHT_JOB_VARIABLE: "0"}) == 0  # turned off
+
+
+def test_a_job_holding_the_cpus_enters_again_without_waiting_for_itself(tmp_path):
+    """A measurement that takes the slot (the fp32 matmul mode's timing) may run inside a
+    stage that already holds it: a second flock on the same file would wait forever."""
+    lock, done = tmp_path / "cpu.lock", threading.Event()
+    with cpus.cpu_compute_slot("cpu", {}, lock):
+        nested = threading.Thread(target=lambda: _enter_twice(lock, done))
+        with cpus.cpu_compute_slot("cpu", {}, lock):
+            pass
+        nested.start()
+        assert not done.wait(0.3)  # another thread (another job) still waits
+    assert done.wait(10)
+    nested.join()
+
+
+def _enter_twice(lock, event):
+    with cpus.cpu_compute_slot("cpu", {}, lock), cpus.cpu_compute_slot("cpu", {}, lock):
+        event.set()

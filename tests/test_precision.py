@@ -1,20 +1,21 @@
 """Every precision setting means the same accuracy on every machine."""
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from clipbench import fp32_modes as modes
 from clipbench import precision as p
 from clipbench.embeddings import l2_normalize
 from clipbench.encode import encode_images, encode_texts
 from clipbench.errors import InputError
+from clipbench.fp32_modes import FP32_LEVEL_ERROR, fp32_error, fp32_matmul_level
 from clipbench.kinds import load_encoder
-from clipbench.precision import (
-    FP32_LEVEL_ERROR,
-    fp32_error,
-    fp32_matmul_level,
-    resolve_precision,
-)
+from clipbench.precision import resolve_precision
 from tests.conftest import bert_resnet_spec, open_clip_spec
 from tests.test_encode import CAPTIONS
 
@@ -22,31 +23,83 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def fresh_probe():
+def fresh_probe(tmp_path, monkeypatch):
+    """No choice made or kept yet: an empty cache folder, nothing remembered in-process."""
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path))
     fp32_matmul_level.cache_clear()
     yield
     fp32_matmul_level.cache_clear()
 
 
-def test_fp32_uses_a_fast_matmul_mode_only_where_it_measures_float32_error(fresh_probe):
+def test_fp32_runs_another_matmul_mode_only_at_float32_error_and_when_faster(fresh_probe):
     level = fp32_matmul_level(CPU)
-    medium_error = fp32_error(CPU, "medium")
-    # On AMX CPUs "medium" computes float32 matmuls in bf16 (~2e-3): refused there.
-    assert (level == "medium") == (medium_error <= FP32_LEVEL_ERROR)
     assert fp32_error(CPU, level) <= FP32_LEVEL_ERROR
     assert fp32_error(CPU, "highest") <= 1e-6
+    if level != "highest":  # what made it win is kept beside the choice
+        (kept,) = kept_choices()
+        rates = json.loads(kept.read_text())["gflops"]
+        assert rates[level] >= modes.FASTER_BY * rates["highest"]
+        assert not modes.same_kernels(CPU, level)
 
 
-def test_a_matmul_mode_computing_in_bf16_is_refused_for_fp32(monkeypatch, fresh_probe):
-    errors = {"medium": 2.4e-3, "high": 5e-7}  # what an AMX CPU measures
-    monkeypatch.setattr(p, "fp32_error", lambda device, level: errors[level])
-    assert fp32_matmul_level(CPU) == "high"
-    fp32_matmul_level.cache_clear()
-    errors["high"] = 1e-3  # TF32 on CUDA
+def kept_choices() -> list[Path]:
+    return sorted((Path(os.environ["CLIPBENCH_CACHE"]) / "fp32-matmul").glob("*.json"))
+
+
+@pytest.fixture
+def machine(monkeypatch, fresh_probe):
+    """A device whose modes have the errors and block rates a test sets; timings counted."""
+    errors = {"medium": 9e-7, "high": 5e-7}
+    rates = {"highest": 200.0, "high": 200.0, "medium": 250.0}
+    timed = []
+
+    def block_rates(device, levels):
+        timed.append(tuple(levels))
+        return {level: rates[level] for level in levels}
+
+    monkeypatch.setattr(modes, "fp32_error", lambda device, level: errors[level])
+    monkeypatch.setattr(modes, "same_kernels", lambda device, level: level == "high")
+    monkeypatch.setattr(modes, "block_rates", block_rates)
+    return errors, rates, timed
+
+
+def test_a_matmul_mode_computing_in_bf16_is_refused_for_fp32(machine):
+    errors, rates, timed = machine
+    errors["medium"] = 2.4e-3  # what an AMX CPU measures: bf16 inside
     assert fp32_matmul_level(CPU) == "highest"
+    assert timed == []  # "high" runs the same kernels as "highest": nothing to time
+
+
+def test_an_accurate_mode_runs_only_where_it_times_faster(machine, monkeypatch):
+    errors, rates, timed = machine
+    assert fp32_matmul_level(CPU) == "medium"  # Zen 4: oneDNN beats MKL
+    assert timed == [("highest", "medium")]
+    rates["medium"] = 150.0  # an Intel Xeon without AMX: MKL beats oneDNN
+    monkeypatch.setattr(modes, "cpu_identity", lambda: "another CPU")  # chosen anew
     fp32_matmul_level.cache_clear()
-    errors["medium"] = 9e-7  # a CPU whose fast path stays at float32 error
+    assert fp32_matmul_level(CPU) == "highest"
+    assert len(kept_choices()) == 2
+    assert modes.fastest_level({"highest": 200.0, "medium": 205.0}) == "highest"  # noise
+
+
+def test_the_choice_is_timed_once_per_machine_and_kept(machine):
+    errors, rates, timed = machine
     assert fp32_matmul_level(CPU) == "medium"
+    fp32_matmul_level.cache_clear()  # a later job on the same machine
+    rates["medium"] = 150.0  # would choose otherwise now: the kept choice holds
+    assert fp32_matmul_level(CPU) == "medium"
+    assert len(timed) == 1
+    (kept,) = kept_choices()
+    kept.write_text("{not json")  # a damaged file is measured again
+    fp32_matmul_level.cache_clear()
+    assert fp32_matmul_level(CPU) == "highest"
+    assert len(timed) == 2 and json.loads(kept.read_text())["level"] == "highest"
+
+
+def test_block_rates_time_every_level_on_this_machine():
+    rates = modes.block_rates(CPU, ["highest", "medium"], rounds=1)
+    assert set(rates) == {"highest", "medium"} and min(rates.values()) > 0
+    assert torch.get_float32_matmul_precision() == "highest"  # restored afterwards
 
 
 def test_auto_is_the_native_reduced_precision_else_fp32(monkeypatch):

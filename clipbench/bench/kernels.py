@@ -10,13 +10,14 @@ from collections.abc import Callable
 import torch
 
 from clipbench.batching import CPU_TOKENS_PER_BATCH, batch_sizes
+from clipbench.fp32_modes import matmul_precision
 from clipbench.fused import (
     fuse_attention_pools,
     fuse_convolutional_tower,
     fuse_patch_embeddings,
     fuse_transformer_blocks,
 )
-from clipbench.precision import Precision, matmul_precision, resolve_precision
+from clipbench.precision import Precision, resolve_precision
 
 # A typical Pokémon BLIP caption ("a drawing of a green pokemon with red eyes") is ~12 tokens.
 CAPTION = "a cartoon drawing of a small yellow pokemon with red eyes"
