@@ -18,13 +18,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from clipbench.arrow_io import atomic_path
 from clipbench.cache import cache_dir
 from clipbench.cpus import cpu_compute_slot, cpu_identity
 
@@ -49,11 +49,11 @@ def matmul_precision(level: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-def _attention(x: torch.Tensor) -> torch.Tensor:
-    """Self-attention of ``x`` (batch, tokens, WIDTH) with itself as q, k and v, per head."""
-    b, t, _ = x.shape
-    heads = x.view(b, t, HEADS, -1).transpose(1, 2)
-    return F.scaled_dot_product_attention(heads, heads, heads).transpose(1, 2).reshape(b, t, -1)
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of (batch, tokens, WIDTH) queries, keys and values."""
+    b, t, _ = q.shape
+    q, k, v = (y.reshape(b, t, HEADS, -1).transpose(1, 2) for y in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
 
 
 @functools.cache
@@ -68,7 +68,7 @@ def _probe(device: torch.device, level: str) -> list[tuple[torch.Tensor, torch.T
     ops = [
         lambda a, w, x, k: F.linear(a, w),
         lambda a, w, x, k: torch.bmm(a[None], w[None])[0],
-        lambda a, w, x, k: _attention(F.linear(a, w).view(4, 64, WIDTH)),
+        lambda a, w, x, k: _attention(*[F.linear(a, w).view(4, 64, WIDTH)] * 3),
         lambda a, w, x, k: F.conv2d(x, k, padding=1),
     ]
     results = []
@@ -107,11 +107,7 @@ def block_rates(device: torch.device, levels: list[str], rounds: int = 6) -> dic
 
     def block(x: torch.Tensor) -> torch.Tensor:
         qkv, out, fc, proj = weights
-        q, k, v = F.linear(x, qkv).chunk(3, dim=-1)
-        b, t, _ = x.shape
-        q, k, v = (y.reshape(b, t, HEADS, -1).transpose(1, 2) for y in (q, k, v))
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, -1)
-        x = x + F.linear(attended, out)
+        x = x + F.linear(_attention(*F.linear(x, qkv).chunk(3, dim=-1)), out)
         return x + F.linear(F.linear(x, fc), proj)
 
     best = dict.fromkeys(levels, math.inf)
@@ -154,10 +150,11 @@ def _kept_choice(device: torch.device, levels: list[str]) -> str:
         rates = block_rates(device, levels)
     level = fastest_level(rates)
     log.info("float32 matmul modes at float32 error, block GFLOP/s %s: %s kept", rates, level)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"level": level, "gflops": rates}))
-    partial.replace(path)  # concurrent jobs never read half a file
+    try:
+        with atomic_path(path) as tmp:  # concurrent jobs never read half a file
+            tmp.write_text(json.dumps({"level": level, "gflops": rates}))
+    except OSError as exc:  # e.g. a read-only cache folder: timed again next time
+        log.debug("float32 matmul mode not kept (%s)", exc)
     return level
 
 

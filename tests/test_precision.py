@@ -160,3 +160,12 @@ def test_every_precision_stays_within_its_bound_of_strict_fp32(checkpoints, whic
         for got, want in ((images, strict), (texts, strict_text)):
             distance = (1 - np.sum(got * want, axis=1)).max()
             assert distance <= policy.deviation_bound, (name, distance)
+
+
+def test_a_cache_folder_that_cannot_be_written_still_gives_a_choice(machine, monkeypatch, tmp_path):
+    errors, rates, timed = machine
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(blocked))  # its folders cannot be made
+    assert fp32_matmul_level(CPU) == "medium"
+    assert len(timed) == 1
