@@ -13,7 +13,10 @@ from typing import Any
 # of tokens per batch, since a larger GEMM falls off a cliff (bf16 6304 × 768 × 3072: 1.6
 # TFLOP/s, at 3152 rows 2.9; its 38.7 MB output is past glibc's 32 MB mmap threshold, so every
 # call faults in fresh zeroed pages): ViT-B-16 (197 tokens) at 16 in bf16 (49 img/s vs 34 at
-# 64) and 8–16 in float32, ViT-B-32 (50 tokens) at 64 in bf16 and 16–32 in float32. GPUs want
+# 64) and 8–16 in float32, ViT-B-32 (50 tokens) at 64 in bf16 and 16–32 in float32. With the
+# thresholds raised (clipbench/allocator.py) the cliff is gone, but larger batches still gain
+# nothing (AMX Xeon, bf16, img/s at these batches / twice them: ViT-B-16 58–61 / 58–60,
+# ViT-B-32 241–260 / 234–236, resnet50 186–193 / 186–190, RN50 157–161 / 163–166). GPUs want
 # large batches. Text towers: captions are sorted by length and cut to each batch's longest,
 # so large batches cost little padding (CLIP text, 833 captions, bf16: 0.75–0.86 s at 256,
 # 1.24 at 32; float32: 2.55–2.70 at 128, 2.81–2.85 at 32).

@@ -209,7 +209,8 @@ def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) ->
     def svg(name: str) -> str:
         if name not in svgs:
             buffer = io.StringIO()
-            named[name].save(buffer, format="svg")
+            with charts.unbounded_rows():
+                named[name].save(buffer, format="svg")
             svgs[name] = buffer.getvalue()
         return svgs[name]
 
@@ -221,7 +222,8 @@ def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) ->
             elif fmt_ == "png":
                 tmp.write_bytes(vl_convert.svg_to_png(svg(name), scale=1, ppi=72))
             else:
-                named[name].save(str(tmp), format=fmt_)
+                with charts.unbounded_rows():
+                    named[name].save(str(tmp), format=fmt_)
 
 
 def templates() -> jinja2.Environment:
@@ -237,8 +239,10 @@ def templates() -> jinja2.Environment:
 
 def render(template: str, out_html: str, named_charts: dict[str, Any], **context) -> None:
     page = templates().get_template(template)
+    with charts.unbounded_rows():
+        specs = {n: script_json(c.to_dict()) for n, c in named_charts.items()}
     html = page.render(
-        charts={n: script_json(c.to_dict()) for n, c in named_charts.items()},
+        charts=specs,
         vega_bundle=vega_bundle(),
         **context,
     )

@@ -54,15 +54,20 @@ def test_a_slurm_allocation_caps_the_threads(monkeypatch, no_cgroup):
 
 
 def test_the_encode_session_sets_capped_torch_threads(checkpoints, monkeypatch, tmp_path):
-    """The stage itself applies the cap: asked for 4 threads on 1 usable CPU, torch runs 1."""
+    """The stage itself applies the cap: asked for 4 threads on 1 usable CPU, torch runs 1;
+    and on the CPU it keeps freed memory for the next batch (clipbench/allocator.py)."""
     import pyarrow as pa
 
     from clipbench.arrow_io import write_table
     from clipbench.demo import demo_rows
     from clipbench.kinds import parse_model
     from clipbench.settings import EncodeSettings
+    from clipbench.stages import encode
     from clipbench.stages.encode import Session
     from tests.conftest import open_clip_spec
+
+    kept = []
+    monkeypatch.setattr(encode, "keep_freed_memory", lambda: kept.append(True))
 
     blobs = demo_rows(3, seed=1)[0]
     images = pa.table({"id": [0, 1, 2], "image": blobs, "text": ["a", "b", "c"]})
@@ -82,6 +87,7 @@ def test_the_encode_session_sets_capped_torch_threads(checkpoints, monkeypatch, 
             "tiny-rn",
         )
         assert torch.get_num_threads() == 1
+        assert kept == [True]
     finally:
         torch.set_num_threads(before)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from clipbench.allocator import keep_freed_memory
 from clipbench.batching import CPU_TOKENS_PER_BATCH, batch_sizes
 from clipbench.fp32_modes import matmul_precision
 from clipbench.fused import (
@@ -199,6 +200,8 @@ def model_throughput(
     """Each tower run as the workflow runs it at ``precision`` (its :class:`Precision` on this
     device), at ``batch`` or, for "auto", at the batch ``batch_size: auto`` picks for it."""
     policy = resolve_precision(precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as an encode job does
     rows = []
     for name, kind, owner, module, make_input, conv in model_cases(device, channels_last):
         grid = getattr(owner, "grid_size", None) if kind == "image" else None

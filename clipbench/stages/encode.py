@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from clipbench.allocator import keep_freed_memory
 from clipbench.arrow_io import read_metadata, read_table, write_table
 from clipbench.batching import batch_sizes
 from clipbench.cpus import compute_threads, cpu_compute_slot
@@ -103,6 +104,8 @@ class Session:
                 "several times slower than fp32; precision auto would run fp32 here",
                 policy.name,
             )
+        if device.type == "cpu":
+            keep_freed_memory()
         if device.type == "cuda":
             # Fixed input shapes: let cuDNN pick its fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
