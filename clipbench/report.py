@@ -209,20 +209,19 @@ def save_figures(named: dict[str, alt.TopLevelMixin], figures: Sequence[str]) ->
     def svg(name: str) -> str:
         if name not in svgs:
             buffer = io.StringIO()
-            with charts.unbounded_rows():
-                named[name].save(buffer, format="svg")
+            named[name].save(buffer, format="svg")
             svgs[name] = buffer.getvalue()
         return svgs[name]
 
-    for path in figures:
-        name, _, fmt_ = Path(path).name.rpartition(".")
-        with atomic_path(path) as tmp:
-            if fmt_ == "svg":
-                tmp.write_text(svg(name), encoding="utf-8")
-            elif fmt_ == "png":
-                tmp.write_bytes(vl_convert.svg_to_png(svg(name), scale=1, ppi=72))
-            else:
-                with charts.unbounded_rows():
+    with charts.unbounded_rows():
+        for path in figures:
+            name, _, fmt_ = Path(path).name.rpartition(".")
+            with atomic_path(path) as tmp:
+                if fmt_ == "svg":
+                    tmp.write_text(svg(name), encoding="utf-8")
+                elif fmt_ == "png":
+                    tmp.write_bytes(vl_convert.svg_to_png(svg(name), scale=1, ppi=72))
+                else:
                     named[name].save(str(tmp), format=fmt_)
 
 
