@@ -16,3 +16,32 @@ def test_float32_towers_are_measured_against_the_best_float32_exact_peak():
     shares(rows)
     assert rows[4]["share_of_peak"] == 240.0 / 320.0  # not 240 / 250
     assert rows[5]["share_of_peak"] == 1500.0 / 2000.0
+
+
+def test_an_emulated_reduced_precision_is_timed_at_the_smallest_shape_only(monkeypatch):
+    import torch
+
+    from clipbench.bench import kernels
+
+    calls = []
+    real_randn = torch.randn
+
+    def recording_randn(*shape, **kwargs):
+        if kwargs.get("dtype") in (torch.float32, torch.bfloat16) and len(shape) == 2:
+            calls.append((kwargs["dtype"], shape))
+        return real_randn(*shape, **kwargs)
+
+    monkeypatch.setattr(kernels.torch, "randn", recording_randn)
+    shapes = [(64, 64, 64), (32, 48, 16), (96, 64, 32)]
+    cpu = torch.device("cpu")
+    for native, bf16_shapes in ((None, [(32, 48), (48, 16)]), ("bf16", None)):
+        calls.clear()
+        monkeypatch.setattr(kernels, "native_reduced", lambda device, native=native: native)
+        rows = {r["name"]: r for r in kernels.gemm_peaks(cpu, shapes, repeats=1)}
+        timed_bf16 = [s for dtype, s in calls if dtype == torch.bfloat16]
+        expected = bf16_shapes or [s for m, k, n in shapes for s in ((m, k), (k, n))]
+        assert timed_bf16 == expected
+        assert rows["bf16"]["emulated"] is (native is None)
+        assert rows["fp32"]["emulated"] is False
+        # float32 always searches every shape
+        assert len([s for dtype, s in calls if dtype == torch.float32]) == 3 * 2 * len(shapes)
