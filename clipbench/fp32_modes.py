@@ -8,6 +8,11 @@ MKL's 195) and slower on an Intel Xeon without AMX (ViT-B-32 at float32: 15.6 im
 mode other than "highest" runs only where its probe stays at float32-level error, computes
 differently from "highest", and times faster on a transformer block: timed once per machine
 and kept, so that every job and rerun computes the same bits.
+
+The fused float32 linears with an epilogue (an activation, a residual add) are chosen the same
+way: oneDNN's post-ops, or torch's matmul under that mode with the epilogue after it, where
+that times faster (2-core Zen 3, AVX2, where MKL's GEMMs beat oneDNN's: ViT-B-32 at batch 32
+14.5 img/s through the post-ops, 18.7 after torch's matmul).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,10 +99,27 @@ def same_kernels(device: torch.device, level: str) -> bool:
     return all(torch.equal(m, s) for (m, _), (s, _) in zip(mine, strict, strict=True))
 
 
+def _interleaved(
+    device: torch.device, candidates: dict[str, Callable[[], object]], rounds: int
+) -> dict[str, float]:
+    """Best seconds of each candidate's call, the candidates interleaved round by round so
+    that a noisy neighbour disturbs all alike; round 0 warms every path up."""
+    best = dict.fromkeys(candidates, math.inf)
+    with torch.inference_mode():
+        for round_ in range(rounds + 1):
+            for name, run in candidates.items():
+                start = time.perf_counter()
+                run()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if round_:
+                    best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def block_rates(device: torch.device, levels: list[str], rounds: int = 6) -> dict[str, float]:
     """GFLOP/s of ViT-B transformer blocks (qkv, attention, output projection, MLP; BLOCKS)
-    per level: the levels interleaved round by round, so that a noisy neighbour disturbs all
-    alike, and each level's best round kept."""
+    per level, interleaved, each level's best round kept."""
     generator = torch.Generator().manual_seed(0)
     weights = [
         torch.randn(n, k, generator=generator).to(device) / k**0.5
@@ -110,36 +132,67 @@ def block_rates(device: torch.device, levels: list[str], rounds: int = 6) -> dic
         x = x + F.linear(_attention(*F.linear(x, qkv).chunk(3, dim=-1)), out)
         return x + F.linear(F.linear(x, fc), proj)
 
-    best = dict.fromkeys(levels, math.inf)
-    with torch.inference_mode():
-        for round_ in range(rounds + 1):  # round 0 warms every path up
-            for level in levels:
-                with matmul_precision(level):
-                    start = time.perf_counter()
-                    for x in inputs:
-                        block(x)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    seconds = time.perf_counter() - start
-                if round_:
-                    best[level] = min(best[level], seconds)
+    def blocks(level: str) -> None:
+        with matmul_precision(level):
+            for x in inputs:
+                block(x)
+
+    best = _interleaved(
+        device, {level: functools.partial(blocks, level) for level in levels}, rounds
+    )
     # 12 WIDTH² multiply-adds per token in the projections and MLP, 2 t WIDTH in attention.
     flops = sum(2 * b * t * WIDTH * (12 * WIDTH + 2 * t) for b, t in BLOCKS)
     return {level: flops / seconds / 1e9 for level, seconds in best.items()}
 
 
-def fastest_level(rates: dict[str, float]) -> str:
-    """The fastest level, where it beats "highest" by FASTER_BY; else "highest"."""
+EPILOGUES = ("post-op", "separate")
+
+
+def epilogue_rates(device: torch.device, level: str, rounds: int = 6) -> dict[str, float]:
+    """GFLOP/s of a ViT-B block's three float32 linears with an epilogue (out_proj and c_proj
+    with the residual add, c_fc with SiLU; BLOCKS' token rows) under the matmul mode
+    ``level``, through oneDNN's post-ops and as torch's matmul with the epilogue after it."""
+    from clipbench.fused import linear_act, linear_add  # fused imports this module
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"out": (WIDTH, WIDTH), "fc": (4 * WIDTH, WIDTH), "proj": (WIDTH, 4 * WIDTH)}
+    w = {name: torch.randn(n, k, generator=generator) / k**0.5 for name, (n, k) in shapes.items()}
+    bias = {name: torch.randn(n, generator=generator) for name, (n, _) in shapes.items()}
+    inputs = [torch.randn(b * t, WIDTH, generator=generator) for b, t in BLOCKS]
+
+    def layers(post_op: bool) -> None:
+        with matmul_precision(level):
+            for x in inputs:
+                x = linear_add(x, x, w["out"], bias["out"], post_op=post_op)
+                hidden = linear_act(x, w["fc"], bias["fc"], "silu", post_op=post_op)
+                linear_add(hidden, x, w["proj"], bias["proj"], post_op=post_op)
+
+    candidates = {name: functools.partial(layers, name == "post-op") for name in EPILOGUES}
+    best = _interleaved(device, candidates, rounds)
+    flops = sum(2 * b * t * 9 * WIDTH**2 for b, t in BLOCKS)
+    return {name: flops / seconds / 1e9 for name, seconds in best.items()}
+
+
+def fastest_level(rates: dict[str, float], default: str = "highest") -> str:
+    """The fastest candidate, where it beats ``default`` by FASTER_BY; else ``default``."""
     level = max(rates, key=rates.__getitem__)
-    return level if rates[level] >= FASTER_BY * rates["highest"] else "highest"
+    return level if rates[level] >= FASTER_BY * rates[default] else default
 
 
-def _kept_choice(device: torch.device, levels: list[str]) -> str:
-    """:func:`fastest_level` of ``levels`` here, timed once and kept in the cache folder, keyed
-    by the device, torch, the thread count and the levels to choose from."""
+def _kept_choice(
+    device: torch.device,
+    levels: list[str],
+    topic: str = "fp32-matmul",
+    rates: Callable[[], dict[str, float]] | None = None,
+    context: tuple[str, ...] = (),
+) -> str:
+    """:func:`fastest_level` of ``levels`` (the first the default) by ``rates`` (default: the
+    matmul modes' block rates), timed once and kept in the cache folder under ``topic``, keyed
+    by the device, torch, the thread count, the candidates and ``context``."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_identity()
-    key = "\0".join([name, torch.__version__, str(torch.get_num_threads()), *levels])
-    path = cache_dir() / "fp32-matmul" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    threads = str(torch.get_num_threads())
+    key = "\0".join([name, torch.__version__, threads, *levels, *context])
+    path = cache_dir() / topic / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         kept = json.loads(path.read_text())
         if kept["level"] in levels:
@@ -147,14 +200,14 @@ def _kept_choice(device: torch.device, levels: list[str]) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     with cpu_compute_slot(device.type):  # timed alone, not beside another job's model
-        rates = block_rates(device, levels)
-    level = fastest_level(rates)
-    log.info("float32 matmul modes at float32 error, block GFLOP/s %s: %s kept", rates, level)
+        measured = block_rates(device, levels) if rates is None else rates()
+    level = fastest_level(measured, levels[0])
+    log.info("float32 %s choices, GFLOP/s %s: %s kept", topic, measured, level)
     try:
         with atomic_path(path) as tmp:  # concurrent jobs never read half a file
-            tmp.write_text(json.dumps({"level": level, "gflops": rates}))
+            tmp.write_text(json.dumps({"level": level, "gflops": measured}))
     except OSError as exc:  # e.g. a read-only cache folder: timed again next time
-        log.debug("float32 matmul mode not kept (%s)", exc)
+        log.debug("float32 %s choice not kept (%s)", topic, exc)
     return level
 
 
@@ -169,3 +222,15 @@ def fp32_matmul_level(device: torch.device) -> str:
     if not candidates:
         return "highest"
     return _kept_choice(device, ["highest", *candidates])
+
+
+@functools.cache
+def fp32_post_ops(device: torch.device) -> bool:
+    """Whether ``fp32``'s fused linears take their epilogue as oneDNN's post-op (else torch's
+    matmul, then the epilogue; see the module docstring): timed once per machine and kept."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return True  # nothing to choose: the fused paths run on CPU only
+    level = fp32_matmul_level(device)
+    rates = functools.partial(epilogue_rates, device, level)
+    choice = _kept_choice(device, list(EPILOGUES), "fp32-epilogues", rates, context=(level,))
+    return choice == "post-op"

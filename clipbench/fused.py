@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipbench import native
+from clipbench.fp32_modes import fp32_post_ops
 
 QUICK_GELU_ALPHA = 1.702
 
@@ -71,22 +72,28 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w, b)
 
 
-def linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
-    """``act(linear(x))`` for act in gelu, gelu_tanh, silu."""
-    if _mkldnn(x):
+def linear_act(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, act: str, post_op: bool = True
+) -> torch.Tensor:
+    """``act(linear(x))`` for act in gelu, gelu_tanh, silu: as oneDNN's linear with the
+    activation as its post-op where ``post_op`` and oneDNN serves ``x``, else torch's."""
+    if post_op and _mkldnn(x):
         attr, algorithm = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}.get(
             act, ("swish", "")
         )
         return torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
     y = F.linear(x, w, b)
     if act == "silu":
-        return F.silu(y)
+        return F.silu(y, inplace=True)
     return F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
 
 
-def linear_add(x: torch.Tensor, other: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-    """``other + linear(x)``."""
-    if _mkldnn(x):
+def linear_add(
+    x: torch.Tensor, other: torch.Tensor, w: torch.Tensor, b: torch.Tensor, post_op: bool = True
+) -> torch.Tensor:
+    """``other + linear(x)``: the add as oneDNN's post-op where ``post_op`` and oneDNN serves
+    ``x``, else accumulated by ``addmm``."""
+    if post_op and _mkldnn(x):
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
     return (
         torch.addmm(other.flatten(0, -2), x.flatten(0, -2), w.t(), beta=1).add_(b).view(other.shape)
@@ -340,9 +347,11 @@ class FusedBlock(nn.Module):
                 return out
         if norm is not None:
             x = norm(x)
+        # Measured per machine in float32 (MKL can beat oneDNN's post-ops: 2-core Zen 3).
+        post_op = x.dtype != torch.float32 or fp32_post_ops(x.device)
         if other is not None:
-            return linear_add(x, other, w, b)
-        return linear(x, w, b) if act == "none" else linear_act(x, w, b, act)
+            return linear_add(x, other, w, b, post_op)
+        return linear(x, w, b) if act == "none" else linear_act(x, w, b, act, post_op)
 
     def _packed(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """``w`` packed for the tiles, once per weight tensor: again after a cast (a new

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from clipbench.errors import InputError
-from clipbench.fp32_modes import fp32_matmul_level, matmul_precision
+from clipbench.fp32_modes import fp32_matmul_level, fp32_post_ops, matmul_precision
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Bounds on the largest elementwise difference of L2-normalised embeddings between two
@@ -113,12 +113,17 @@ class Precision:
 
     def describe(self) -> dict:
         mechanism = "cast weights" if self.cast_weights else "autocast" if self.autocast else None
-        return {
+        described = {
             "requested": self.requested,
             "ran": self.name,
             "float32_matmul": self.matmul,
             "mechanism": mechanism or "float32",
         }
+        if self.name == "fp32" and self.device.type == "cpu":  # where the fused linears' add
+            # and activation run, as measured here
+            post_ops = fp32_post_ops(self.device)
+            described["float32_epilogues"] = "oneDNN post-ops" if post_ops else "after the GEMM"
+        return described
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:

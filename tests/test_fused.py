@@ -59,7 +59,9 @@ def block(act, ls=None, width=64, heads=4):
 @pytest.mark.parametrize("ls", [None, 0.5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
-def test_fused_block_equals_the_stock_block(act, ls, dtype, causal):
+@pytest.mark.parametrize("post_ops", [True, False])  # float32: as fp32_post_ops measures
+def test_fused_block_equals_the_stock_block(act, ls, dtype, causal, post_ops, monkeypatch):
+    monkeypatch.setattr(fused_module, "fp32_post_ops", lambda device: post_ops)
     stock = block(act, ls).to(dtype)
     assert fusable(stock)
     fused = FusedBlock(stock)

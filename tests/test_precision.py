@@ -27,8 +27,10 @@ def fresh_probe(tmp_path, monkeypatch):
     """No choice made or kept yet: an empty cache folder, nothing remembered in-process."""
     monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path))
     fp32_matmul_level.cache_clear()
+    modes.fp32_post_ops.cache_clear()
     yield
     fp32_matmul_level.cache_clear()
+    modes.fp32_post_ops.cache_clear()
 
 
 def test_fp32_runs_another_matmul_mode_only_at_float32_error_and_when_faster(fresh_probe):
@@ -100,6 +102,33 @@ def test_block_rates_time_every_level_on_this_machine():
     rates = modes.block_rates(CPU, ["highest", "medium"], rounds=1)
     assert set(rates) == {"highest", "medium"} and min(rates.values()) > 0
     assert torch.get_float32_matmul_precision() == "highest"  # restored afterwards
+
+
+def test_float32_epilogues_leave_onednns_post_ops_only_where_that_times_faster(
+    fresh_probe, monkeypatch
+):
+    timed = []
+    rates = {"post-op": 120.0, "separate": 150.0}  # a 2-core Zen 3: MKL beats oneDNN
+
+    def epilogue_rates(device, level):
+        timed.append(level)
+        return dict(rates)
+
+    monkeypatch.setattr(modes, "fp32_matmul_level", lambda device: "highest")
+    monkeypatch.setattr(modes, "epilogue_rates", epilogue_rates)
+    assert modes.fp32_post_ops(CPU) is False
+    modes.fp32_post_ops.cache_clear()  # a later job on the same machine: the kept choice
+    rates["separate"] = 100.0
+    assert modes.fp32_post_ops(CPU) is False and timed == ["highest"]
+    monkeypatch.setattr(modes, "fp32_matmul_level", lambda device: "medium")  # chosen anew
+    modes.fp32_post_ops.cache_clear()
+    rates["separate"] = 123.0  # within noise: the post-ops stay
+    assert modes.fp32_post_ops(CPU) is True and timed == ["highest", "medium"]
+
+
+def test_epilogue_rates_time_both_ways_on_this_machine():
+    rates = modes.epilogue_rates(CPU, "highest", rounds=1)
+    assert set(rates) == set(modes.EPILOGUES) and min(rates.values()) > 0
 
 
 def test_auto_is_the_native_reduced_precision_else_fp32(monkeypatch):
