@@ -13,6 +13,8 @@ in the GEMM's epilogue; 34.7 with the residual adds there too. So an open_clip
   ``x·σ(1.702x)`` as SiLU on ``1.702·x`` (``c_fc`` scaled by 1.702, ``c_proj`` by 1/1.702: the
   same function, one fused op instead of three passes);
 - the residual adds (and a LayerScale, folded into the weights) as the GEMMs' sum post-op;
+  in float32 both epilogues run after torch's GEMM instead where that times faster on the
+  machine (:func:`clipbench.fp32_modes.fp32_post_ops`: MKL beats oneDNN on a Zen 3);
 - in bf16 on AMX CPUs, those three linears with their epilogues (SiLU, residual add) through
   clipbench/linear.c (:func:`tile_linear`), whose epilogue costs less than oneDNN's post-ops:
   ViT-B-32 144 → 168 img/s, ViT-B-16 33.6 → 37.3 (2-core AMX Xeon, batch_size auto); and

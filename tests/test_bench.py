@@ -45,3 +45,11 @@ def test_an_emulated_reduced_precision_is_timed_at_the_smallest_shape_only(monke
         assert rows["fp32"]["emulated"] is False
         # float32 always searches every shape
         assert len([s for dtype, s in calls if dtype == torch.float32]) == 3 * 2 * len(shapes)
+
+
+def test_a_peer_run_is_extrapolated_along_the_line_through_two_prefixes():
+    from clipbench.bench.peer import extrapolate
+
+    # 5 s of start-up, 0.5 s per row: 37 s at 64 rows, 69 at 128, 421.5 at 833
+    assert extrapolate({128: 69.0, 64: 37.0}, 833) == 5.0 + 0.5 * 833
+    assert extrapolate({64: 37.0, 128: 69.0}, 64) == 37.0

@@ -89,3 +89,43 @@ def run(
         raise RuntimeError(f"CLIP_benchmark failed:\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {"seconds": wall, **result}
+
+
+def extrapolate(seconds_by_rows: dict[int, float], rows: int) -> float:
+    """Seconds at ``rows`` on the line through two measured (rows, seconds): the intercept is
+    the model's start-up, the slope its time per row."""
+    (small, at_small), (large, at_large) = sorted(seconds_by_rows.items())
+    per_row = (at_large - at_small) / (large - small)
+    return at_small + (rows - small) * per_row
+
+
+def run_extrapolated(
+    parquet: Path,
+    models: dict[str, tuple[str, str]],
+    amp: bool,
+    rows: int,
+    prefixes: tuple[int, int] = (64, 128),
+) -> dict:
+    """As :func:`run`, on the first ``prefixes`` rows of ``parquet``, each model's seconds
+    extrapolated to ``rows`` (:func:`extrapolate`), plus the smaller run's process start:
+    for a run that would take hours. CLIP_benchmark's AMP on a CPU without AVX-512 BF16 or
+    AMX emulates bf16 (2-core Zen 3: its bf16 GEMM ~1 GFLOP/s against float32's 180)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    runs = {}
+    for size in prefixes:
+        part = parquet.with_name(f"{parquet.stem}-first-{size}.parquet")
+        pq.write_table(table.slice(0, size), part)
+        runs[size] = run(part, models, amp)
+    first = runs[prefixes[0]]
+    start_up = first["seconds"] - sum(m["seconds"] for m in first["models"].values())
+    per_model = {
+        name: extrapolate({size: runs[size]["models"][name]["seconds"] for size in runs}, rows)
+        for name in models
+    }
+    return {
+        "seconds": start_up + sum(per_model.values()),
+        "models": {name: {"seconds": seconds} for name, seconds in per_model.items()},
+        "measured": {size: r["seconds"] for size, r in runs.items()},
+    }
