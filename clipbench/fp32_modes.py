@@ -181,27 +181,27 @@ def fastest_level(rates: dict[str, float], default: str = "highest") -> str:
 
 def _kept_choice(
     device: torch.device,
-    levels: list[str],
+    candidates: list[str],
     topic: str = "fp32-matmul",
     rates: Callable[[], dict[str, float]] | None = None,
     context: tuple[str, ...] = (),
 ) -> str:
-    """:func:`fastest_level` of ``levels`` (the first the default) by ``rates`` (default: the
+    """:func:`fastest_level` of ``candidates`` (the first the default) by ``rates`` (default: the
     matmul modes' block rates), timed once and kept in the cache folder under ``topic``, keyed
     by the device, torch, the thread count, the candidates and ``context``."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_identity()
     threads = str(torch.get_num_threads())
-    key = "\0".join([name, torch.__version__, threads, *levels, *context])
+    key = "\0".join([name, torch.__version__, threads, *candidates, *context])
     path = cache_dir() / topic / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         kept = json.loads(path.read_text())
-        if kept["level"] in levels:
+        if kept["level"] in candidates:
             return kept["level"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
     with cpu_compute_slot(device.type):  # timed alone, not beside another job's model
-        measured = block_rates(device, levels) if rates is None else rates()
-    level = fastest_level(measured, levels[0])
+        measured = block_rates(device, candidates) if rates is None else rates()
+    level = fastest_level(measured, candidates[0])
     log.info("float32 %s choices, GFLOP/s %s: %s kept", topic, measured, level)
     try:
         with atomic_path(path) as tmp:  # concurrent jobs never read half a file

@@ -127,5 +127,4 @@ def run_extrapolated(
     return {
         "seconds": start_up + sum(per_model.values()),
         "models": {name: {"seconds": seconds} for name, seconds in per_model.items()},
-        "measured": {size: r["seconds"] for size, r in runs.items()},
     }
