@@ -111,7 +111,9 @@ class Precision:
                 stack.enter_context(torch.autocast(self.device.type, dtype=DTYPES[self.name]))
             yield
 
-    def describe(self) -> dict:
+    def describe(self, fused: bool = False) -> dict:
+        """What runs; with ``fused`` (the encoder runs clipbench.fused's fast paths) also where
+        their float32 linears' add and activation run, as measured here."""
         mechanism = "cast weights" if self.cast_weights else "autocast" if self.autocast else None
         described = {
             "requested": self.requested,
@@ -119,8 +121,7 @@ class Precision:
             "float32_matmul": self.matmul,
             "mechanism": mechanism or "float32",
         }
-        if self.name == "fp32" and self.device.type == "cpu":  # where the fused linears' add
-            # and activation run, as measured here
+        if fused and self.name == "fp32" and self.device.type == "cpu":
             post_ops = fp32_post_ops(self.device)
             described["float32_epilogues"] = "oneDNN post-ops" if post_ops else "after the GEMM"
         return described

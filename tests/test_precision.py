@@ -124,6 +124,9 @@ def test_float32_epilogues_leave_onednns_post_ops_only_where_that_times_faster(
     modes.fp32_post_ops.cache_clear()
     rates["separate"] = 123.0  # within noise: the post-ops stay
     assert modes.fp32_post_ops(CPU) is True and timed == ["highest", "medium"]
+    fp32 = p.Precision("fp32", "fp32", CPU, "medium", False, False)
+    assert fp32.describe(fused=True)["float32_epilogues"] == "oneDNN post-ops"
+    assert "float32_epilogues" not in fp32.describe()  # no fused linears ran: nothing to say
 
 
 def test_epilogue_rates_time_both_ways_on_this_machine():

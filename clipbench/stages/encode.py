@@ -248,7 +248,7 @@ def run_encode(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": session.policy.name,
-        "precision_policy": session.policy.describe(),
+        "precision_policy": session.policy.describe(session.encoder.fused),
         "batch_size": {"images": session.batch_size, "texts": session.text_batch_size},
         "dim": int(images.shape[1]),
         "dataset": read_metadata(dataset_path).get("dataset"),
