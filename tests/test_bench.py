@@ -53,3 +53,36 @@ def test_a_peer_run_is_extrapolated_along_the_line_through_two_prefixes():
     # 5 s of start-up, 0.5 s per row: 37 s at 64 rows, 69 at 128, 421.5 at 833
     assert extrapolate({128: 69.0, 64: 37.0}, 833) == 5.0 + 0.5 * 833
     assert extrapolate({64: 37.0, 128: 69.0}, 64) == 37.0
+
+
+def test_an_extrapolated_peer_run_times_each_model_on_row_prefixes_and_adds_one_start_up(
+    monkeypatch, tmp_path
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipbench.bench import peer
+
+    parquet = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"row": list(range(300))}), parquet)
+    seen = []
+
+    def fake_run(part, models, amp):
+        # the prefix is the first rows of the data, in order
+        rows = pq.read_table(part)["row"].to_pylist()
+        assert rows == list(range(len(rows)))
+        seen.append((len(rows), amp))
+        per_model = {"a": 1.0 + 0.5 * len(rows), "b": 2.0 + 0.25 * len(rows)}
+        start_up = 7.0 if len(rows) == 64 else 9.0  # process start, counted once from 64 rows
+        return {
+            "seconds": start_up + sum(per_model.values()),
+            "models": {name: {"seconds": s} for name, s in per_model.items()},
+        }
+
+    monkeypatch.setattr(peer, "run", fake_run)
+    models = {"a": ("RN50", "a.pt"), "b": ("ViT-B-32", "b.pt")}
+    result = peer.run_extrapolated(parquet, models, amp=True, rows=833)
+    assert seen == [(64, True), (128, True)]
+    assert result["models"]["a"]["seconds"] == 1.0 + 0.5 * 833
+    assert result["models"]["b"]["seconds"] == 2.0 + 0.25 * 833
+    assert result["seconds"] == 7.0 + (1.0 + 0.5 * 833) + (2.0 + 0.25 * 833)
