@@ -46,12 +46,18 @@ WIDTH, HEADS = 768, 12
 
 @contextlib.contextmanager
 def matmul_precision(level: str) -> Iterator[None]:
-    before = torch.get_float32_matmul_precision()
+    """torch's float32 matmul precision ``level``, and cuDNN's float32 convolutions to match:
+    "highest" alone leaves them in TF32 (1e-3), torch's default for convolutions."""
+    conv = torch.backends.cudnn.conv
+    before = torch.get_float32_matmul_precision(), conv.fp32_precision
     torch.set_float32_matmul_precision(level)
+    # The new API only: a mix with the legacy `allow_tf32` flags makes torch raise on reading them.
+    conv.fp32_precision = "ieee" if level == "highest" else "tf32"
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        torch.set_float32_matmul_precision(before[0])
+        conv.fp32_precision = before[1]
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

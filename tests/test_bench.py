@@ -1,5 +1,7 @@
 """The benchmark's arithmetic: what each tower's share is a share of."""
 
+import pytest
+
 from clipbench.bench.__main__ import shares
 
 
@@ -86,3 +88,51 @@ def test_an_extrapolated_peer_run_times_each_model_on_row_prefixes_and_adds_one_
     assert result["models"]["a"]["seconds"] == 1.0 + 0.5 * 833
     assert result["models"]["b"]["seconds"] == 2.0 + 0.25 * 833
     assert result["seconds"] == 7.0 + (1.0 + 0.5 * 833) + (2.0 + 0.25 * 833)
+
+
+def test_a_gpu_timing_spans_back_to_back_calls_and_reports_one(monkeypatch):
+    # One synchronised call of a sub-millisecond GPU kernel would time its launch and the
+    # synchronisation too: the calls per timing are sized from a second, untuned call.
+    from types import SimpleNamespace
+
+    import torch
+
+    from clipbench.bench import kernels
+
+    clock = [0.0]
+    monkeypatch.setattr(kernels, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(kernels, "sync", lambda device: None)
+    monkeypatch.setattr(kernels, "GPU_SPAN_S", 0.02)
+    calls = []
+
+    def kernel():
+        calls.append(None)
+        clock[0] += 0.004
+
+    seconds = kernels.timed(kernel, torch.device("cuda"), repeats=2)
+    assert len(calls) == 2 + 2 * 5  # warm-up, sizing call, then 2 timings of 0.02 / 0.004
+    assert seconds == pytest.approx(0.004)
+    calls.clear()
+    kernels.timed(kernel, torch.device("cpu"), repeats=2)
+    assert len(calls) == 3  # a CPU call is long enough to time alone
+
+
+def test_each_section_is_written_as_it_ends_so_a_failing_one_keeps_the_rest(
+    monkeypatch, tmp_path
+):
+    import pyarrow.ipc as ipc
+
+    from clipbench.bench import __main__ as bench
+
+    peak = {"section": "peak", "name": "fp32", "gflops": 100.0, "relative_error": 5e-7}
+    monkeypatch.setattr(bench, "gemm_peaks", lambda *args: [dict(peak)])
+
+    def versus(*args):
+        raise RuntimeError("CLIP_benchmark failed")
+
+    monkeypatch.setattr(bench, "side_by_side", versus)
+    with pytest.raises(RuntimeError, match="CLIP_benchmark failed"):
+        bench.main(["--sections", "versus", "peaks", "--device", "cpu", "--out", str(tmp_path)])
+    with ipc.open_file(tmp_path / "bench-cpu.arrow") as saved:
+        table = saved.read_all()
+    assert table.to_pylist() == [peak]

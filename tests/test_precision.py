@@ -167,8 +167,12 @@ def test_each_mechanism_runs_in_the_grad_mode_it_needs():
         assert torch.is_autocast_enabled("cpu")
     strict = resolve_precision("fp32-strict", CPU)
     assert strict.strict and strict.describe()["mechanism"] == "float32"
+    conv_default = torch.backends.cudnn.conv.fp32_precision
     with strict.context():
         assert torch.get_float32_matmul_precision() == "highest"
+        # "highest" alone would leave cuDNN's float32 convolutions in TF32.
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cudnn.conv.fp32_precision == conv_default
     with pytest.raises(InputError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", CPU)
 

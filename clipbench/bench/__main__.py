@@ -75,6 +75,12 @@ def shares(rows: list[dict]) -> None:
         row["share_of_peak"] = row["gflops"] / peak
 
 
+def save(rows: list[dict], path: Path, meta: dict) -> None:
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "section", k != "name", k))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), path, meta)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", nargs="+", default=DEFAULT_SECTIONS, choices=SECTIONS)
@@ -118,30 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     if device.type == "cpu":  # every section under the allocator the encode jobs run with
         keep_freed_memory()
+    if device.type == "cuda":  # as the encode jobs run: cuDNN's fastest convolutions
+        torch.backends.cudnn.benchmark = True
     repeats = 1 if args.quick else args.repeats
     out = Path(args.out).resolve()
-    rows: list[dict] = []
-    if "peaks" in args.sections:
-        squares = [1024, 2048] if args.quick else [1024, 2048, 4096]
-        rows += gemm_peaks(device, gemm_shapes(squares), repeats)
-    if "models" in args.sections:
-        for precision in args.precision:
-            rows += model_throughput(
-                device, args.batch, repeats, precision, not args.no_channels_last
-            )
-    if "mechanisms" in args.sections:
-        rows += mechanisms(device, repeats) + epilogues(device, max(repeats, 5))
-    if "hits" in args.sections:
-        sizes = args.hits_sizes[:1] if args.quick else args.hits_sizes
-        rows += hits_scaling(sizes, 512, kernels=tuple(args.hits_kernels))
-    if "workflow" in args.sections:
-        rows += whole_workflow(out / "workflow", args.rows)
-    if "versus" in args.sections:
-        rows += side_by_side(out / "versus", args.rows, args.versus)
-    shares(rows)
-
-    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "section", k != "name", k))
-    table = pa.table({c: [r.get(c) for r in rows] for c in columns})
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     meta = {
         "device": device_name,
@@ -150,18 +136,49 @@ def main(argv: list[str] | None = None) -> None:
         "libraries": library_versions(),
         "weights": "random, real architectures",
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_table(table, out / f"bench-{device.type}.arrow", meta)
     print(
         f"# device: {device_name}; {args.threads} threads; torch {torch.__version__}; random "
-        f"weights of the real architectures; best of {repeats} repeat(s)"
+        f"weights of the real architectures; best of {repeats} repeat(s)",
+        flush=True,
     )
-    for row in rows:
-        print(
-            "  ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+    squares = [1024, 2048] if args.quick else [1024, 2048, 4096]
+    runs = {
+        "peaks": lambda: gemm_peaks(device, gemm_shapes(squares), repeats),
+        "models": lambda: [
+            row
+            for precision in args.precision
+            for row in model_throughput(
+                device, args.batch, repeats, precision, not args.no_channels_last
             )
-        )
+        ],
+        "mechanisms": lambda: mechanisms(device, repeats) + epilogues(device, max(repeats, 5)),
+        "hits": lambda: hits_scaling(
+            args.hits_sizes[:1] if args.quick else args.hits_sizes,
+            512,
+            kernels=tuple(args.hits_kernels),
+        ),
+        "workflow": lambda: whole_workflow(out / "workflow", args.rows),
+        "versus": lambda: side_by_side(out / "versus", args.rows, args.versus),
+    }
+    rows: list[dict] = []
+    for section in SECTIONS:
+        if section not in args.sections:
+            continue
+        added = runs[section]()
+        if device.type == "cuda":  # the workflow and the peer run as processes of their own
+            torch.cuda.empty_cache()
+        rows += added
+        shares(rows)
+        # Written after every section: a later one that fails or runs out of time (a lent
+        # GPU's minutes) keeps what came before.
+        save(rows, out / f"bench-{device.type}.arrow", meta)
+        for row in added:
+            print(
+                "  ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                ),
+                flush=True,
+            )
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
     print(f"# peak RSS of this process: {peak_rss} MB")
 

@@ -30,17 +30,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# On a GPU each timing spans back-to-back calls that last about this long: one synchronised
+# call of a sub-millisecond GEMM would time the launch and the synchronisation as well.
+GPU_SPAN_S = 0.05
+
+
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call (shared machines are noisy:
-    the best is the least disturbed)."""
+    """Best wall time of one call over ``repeats`` timings after one warm-up call (shared
+    machines are noisy: the best is the least disturbed)."""
     fn()
     sync(device)
-    best = float("inf")
-    for _ in range(repeats):
+    calls = 1
+    if device.type == "cuda":  # sized by a second call: the first one tunes and allocates
         start = time.perf_counter()
         fn()
         sync(device)
-        best = min(best, time.perf_counter() - start)
+        calls = min(100, max(1, round(GPU_SPAN_S / (time.perf_counter() - start))))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / calls)
     return best
 
 

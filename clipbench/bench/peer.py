@@ -44,19 +44,20 @@ class Rows(torch.utils.data.Dataset):
         image = Image.open(io.BytesIO(blobs[i])).convert("RGB")
         return self.transform(image), [texts[i]]
 
+device = "cuda" if torch.cuda.is_available() else "cpu"
 out = {"models": {}}
 for name, (arch, checkpoint) in models.items():
     began = time.perf_counter()
     model, _, transform = open_clip.create_model_and_transforms(arch, pretrained=checkpoint)
-    model.eval()
+    # As its CLI's loader (models/open_clip.py) does: evaluate moves only the batches.
+    model = model.to(device).eval()
     tokenizer = open_clip.get_tokenizer(arch)
     loader = torch.utils.data.DataLoader(
         Rows(transform), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=image_captions_collate_fn,
     )
     metrics = zeroshot_retrieval.evaluate(
-        model, loader, tokenizer, "cpu" if not torch.cuda.is_available() else "cuda",
-        amp=amp, recall_k_list=[1, 5, 10],
+        model, loader, tokenizer, device, amp=amp, recall_k_list=[1, 5, 10],
     )
     out["models"][name] = {"seconds": time.perf_counter() - began, "metrics": metrics}
 out["seconds_in_process"] = time.perf_counter() - start
