@@ -117,9 +117,7 @@ def test_a_gpu_timing_spans_back_to_back_calls_and_reports_one(monkeypatch):
     assert len(calls) == 3  # a CPU call is long enough to time alone
 
 
-def test_each_section_is_written_as_it_ends_so_a_failing_one_keeps_the_rest(
-    monkeypatch, tmp_path
-):
+def test_each_section_is_written_as_it_ends_so_a_failing_one_keeps_the_rest(monkeypatch, tmp_path):
     import pyarrow.ipc as ipc
 
     from clipbench.bench import __main__ as bench
@@ -136,3 +134,62 @@ def test_each_section_is_written_as_it_ends_so_a_failing_one_keeps_the_rest(
     with ipc.open_file(tmp_path / "bench-cpu.arrow") as saved:
         table = saved.read_all()
     assert table.to_pylist() == [peak]
+
+
+def test_the_benchmark_dataset_is_drawn_in_parallel_and_the_same_every_time(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from clipbench.bench.workflow import write_dataset
+
+    first, again = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    write_dataset(first, 5, seed=1)
+    write_dataset(again, 5, seed=1)
+    table = pq.read_table(first)
+    assert table.equals(pq.read_table(again))  # each row from its own seed, whatever the order
+    assert table.schema.field("image").type.names == ["bytes", "path"]  # the HF Image layout
+    blobs = [row["bytes"] for row in table.column("image").to_pylist()]
+    assert len(set(blobs)) == 5 and all(60_000 < len(b) < 250_000 for b in blobs)
+    assert Image.open(io.BytesIO(blobs[0])).size == (1280, 1280)
+    captions = table.column("text").to_pylist()
+    assert len(set(captions)) == 5 and all(c.startswith("a drawing of a ") for c in captions)
+
+
+@pytest.mark.parametrize("charts", [True, False])
+def test_versus_runs_through_the_metrics_where_the_chart_libraries_did_not_travel(
+    monkeypatch, tmp_path, charts
+):
+    from clipbench.bench import workflow
+
+    models = {
+        m: {"kind": "open_clip", "arch": a, "checkpoint": "x"}
+        for m, a in workflow.CLIP_MODELS.items()
+    }
+    inputs = {
+        "datasets": {"bench": {"source": {"parquet": str(tmp_path / "d.parquet")}}},
+        "models": models,
+    }
+    monkeypatch.setattr(workflow, "workflow_inputs", lambda root, rows: inputs)
+    monkeypatch.setattr(workflow.peer, "available", lambda: True)
+    monkeypatch.setattr(workflow, "renders_charts", lambda: charts)
+    monkeypatch.setattr(workflow, "emulates_bf16", lambda: False)
+    asked = []
+
+    def ours(root, config, label, targets=()):
+        asked.append(targets)
+        return {"seconds": 50.0, "encode_jobs": {m: 10.0 for m in models}}
+
+    def theirs(parquet, theirs_models, amp):
+        return {"seconds": 100.0, "models": {m: {"seconds": 25.0} for m in theirs_models}}
+
+    monkeypatch.setattr(workflow, "run_workflow", ours)
+    monkeypatch.setattr(workflow.peer, "run", theirs)
+    (row,) = workflow.side_by_side(tmp_path, 100, ("default",))
+    expected = () if charts else tuple(f"results/bench/metrics/{m}.arrow" for m in models)
+    assert asked == [expected]
+    assert row["ours_through"] == ("report" if charts else "metrics")
+    assert row["speedup"] == 2.0
+    assert row["ours_clip-rn50_images_per_s"] == 10.0
+    assert row["theirs_clip-vit-b-16_images_per_s"] == 4.0

@@ -24,31 +24,37 @@ README_FLAGS = ["--cores", "4", "--resources", "gpu=1"]
 ENCODE_RULES = ("pixels", "encode")
 
 
-def write_dataset(parquet: Path, rows: int, seed: int = 0) -> None:
-    """``rows`` 1280×1280 JPEGs of ~120 kB (as the Pokémon BLIP-captions images: 1000–1300 px,
-    mostly flat backgrounds) with BLIP-like captions, in the Hugging Face Image layout."""
-    import pyarrow.parquet as pq
+def pokemon_shaped_row(i: int, seed: int) -> tuple[bytes, str]:
+    """Row ``i``: a 1280×1280 JPEG of ~120 kB and its caption, from its own seed."""
     from PIL import Image
 
     from clipbench import demo
-    from clipbench.arrow_io import atomic_path
 
-    rng = np.random.default_rng(seed)
-    blobs, captions = [], []
-    for i in range(rows):
-        color, bg, shape = (
-            list(demo.COLORS)[i % 6],
-            list(demo.BACKGROUNDS)[i % 3],
-            demo.SHAPES[i % 4],
+    color, bg, shape = list(demo.COLORS)[i % 6], list(demo.BACKGROUNDS)[i % 3], demo.SHAPES[i % 4]
+    image = demo.draw_shape(shape, demo.COLORS[color], demo.BACKGROUNDS[bg], (1280, 1280))
+    # Faint texture: ~120 kB at quality 90, what the real images weigh.
+    noise = np.random.default_rng([seed, i]).integers(0, 7, (1280, 1280, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image) - noise).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue(), f"a drawing of a {color} {shape} pokemon on a {bg} background"
+
+
+def write_dataset(parquet: Path, rows: int, seed: int = 0) -> None:
+    """``rows`` 1280×1280 JPEGs of ~120 kB (as the Pokémon BLIP-captions images: 1000–1300 px,
+    mostly flat backgrounds) with BLIP-like captions, in the Hugging Face Image layout. Drawn
+    on every usable CPU (JPEG encoding and numpy's arithmetic release the GIL): 833 rows took
+    a minute or more on one, device time on a lent GPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    from clipbench.arrow_io import atomic_path
+    from clipbench.cpus import usable_cpus
+
+    with ThreadPoolExecutor(usable_cpus()) as pool:
+        blobs, captions = zip(
+            *pool.map(pokemon_shaped_row, range(rows), [seed] * rows), strict=True
         )
-        image = demo.draw_shape(shape, demo.COLORS[color], demo.BACKGROUNDS[bg], (1280, 1280))
-        # Faint texture: ~120 kB at quality 90, what the real images weigh.
-        noise = rng.integers(0, 7, (1280, 1280, 3), dtype=np.uint8)
-        image = Image.fromarray(np.asarray(image) - noise)
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=90)
-        blobs.append(buffer.getvalue())
-        captions.append(f"a drawing of a {color} {shape} pokemon on a {bg} background")
     table = pa.table(
         {
             "image": pa.array(
@@ -110,9 +116,10 @@ def job_seconds(work: Path) -> dict[str, float]:
     return out
 
 
-def run_workflow(root: Path, config: dict, label: str) -> dict:
-    """The README command on ``config`` from an empty results folder: wall time, and the jobs'
-    own times summed by stage (encode and pixels, and everything after them)."""
+def run_workflow(root: Path, config: dict, label: str, targets: tuple[str, ...] = ()) -> dict:
+    """The README command on ``config`` from an empty results folder (for ``targets`` where
+    given, else the whole DAG): wall time, and the jobs' own times summed by stage (encode and
+    pixels, and everything after them)."""
     import yaml
 
     work = root / label
@@ -124,6 +131,7 @@ def run_workflow(root: Path, config: dict, label: str) -> dict:
         sys.executable,
         "-m",
         "snakemake",
+        *targets,  # first: --configfile and --quiet take every word after them
         "--snakefile",
         str(REPO / "Snakefile"),
         "--workflow-profile",
@@ -208,11 +216,17 @@ def side_by_side(root: Path, rows: int, settings: tuple[str, ...] = tuple(SETTIN
     models = {m: inputs["models"][m] for m in CLIP_MODELS}
     parquet = Path(inputs["datasets"]["bench"]["source"]["parquet"])
     theirs_models = {m: (spec["arch"], spec["checkpoint"]) for m, spec in models.items()}
+    # Without the chart libraries (a lent GPU machine, below) ours runs through every model's
+    # metrics, which is what CLIP_benchmark computes, and the row says so.
+    through = "report" if renders_charts() else "metrics"
+    targets = (
+        () if through == "report" else tuple(f"results/bench/metrics/{m}.arrow" for m in models)
+    )
     rows_out = []
     for label in settings:
         precision, amp = SETTINGS[label]
         config = {**inputs, "models": models, "encode": {"precision": precision}}
-        ours = run_workflow(root, config, f"clip-{label}")
+        ours = run_workflow(root, config, f"clip-{label}", targets)
         # Their AMP on a CPU that only emulates bf16 would take hours: measured on the first
         # rows and extrapolated, and the row says so.
         extrapolated = amp and emulates_bf16()
@@ -229,11 +243,31 @@ def side_by_side(root: Path, rows: int, settings: tuple[str, ...] = tuple(SETTIN
                 "theirs_seconds": theirs["seconds"],
                 "speedup": theirs["seconds"] / ours["seconds"],
                 "theirs_extrapolated": extrapolated,
+                "ours_through": through,
                 **{f"ours_{k}": v for k, v in _flat(ours).items() if k != "seconds"},
                 **{f"theirs_{m}_seconds": r["seconds"] for m, r in theirs["models"].items()},
+                # Per model, each tool's whole model run (loading, images and captions), as
+                # images of this dataset a second.
+                **{
+                    f"{who}_{m}_images_per_s": rows / seconds
+                    for who, per_model in (
+                        ("ours", ours["encode_jobs"]),
+                        ("theirs", {m: r["seconds"] for m, r in theirs["models"].items()}),
+                    )
+                    for m, seconds in per_model.items()
+                },
             }
         )
     return rows_out
+
+
+def renders_charts() -> bool:
+    """Whether the report's chart libraries import here. A lent GPU machine has torch but
+    none of the workflow's other libraries, which travel there as wheels within 64 MiB
+    (clipbench/bench/device.sh), and polars' and vl-convert's 84 MB do not fit."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) for name in ("polars", "altair", "vl_convert"))
 
 
 def emulates_bf16() -> bool:
